@@ -1,0 +1,1 @@
+//! The Intrustd appliance agent.
