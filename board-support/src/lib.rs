@@ -6,9 +6,11 @@
 //! decided once, from a board [`profile`]. Timestamps are [`Mono`]: the
 //! kernel's CLOCK_MONOTONIC, so kernel edge timestamps and our own agree.
 
+pub mod debounce;
 pub mod mono;
 pub mod pattern;
 
+pub use debounce::Debouncer;
 pub use mono::Mono;
 pub use pattern::{LedPattern, Step, MAX_STEPS};
 
@@ -47,7 +49,9 @@ impl std::str::FromStr for Button {
         match s {
             "pair" => Ok(Button::Pair),
             "reset" => Ok(Button::Reset),
-            other => Err(format!("unknown button {other:?} (expected \"pair\" or \"reset\")")),
+            other => Err(format!(
+                "unknown button {other:?} (expected \"pair\" or \"reset\")"
+            )),
         }
     }
 }
@@ -85,7 +89,9 @@ impl std::str::FromStr for LedRole {
         match s {
             "status" => Ok(LedRole::Status),
             "link" => Ok(LedRole::Link),
-            other => Err(format!("unknown LED {other:?} (expected \"status\" or \"link\")")),
+            other => Err(format!(
+                "unknown LED {other:?} (expected \"status\" or \"link\")"
+            )),
         }
     }
 }
@@ -132,6 +138,9 @@ pub enum BoardError {
 
 impl BoardError {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        BoardError::Io { what: what.into(), source }
+        BoardError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Nanoseconds on CLOCK_MONOTONIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Mono(pub u64);
 
 impl Mono {
@@ -16,7 +18,10 @@ impl Mono {
 
     /// Reads CLOCK_MONOTONIC. Only the IO shells call this.
     pub fn now() -> Mono {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
         let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
         debug_assert_eq!(rc, 0);
@@ -52,14 +57,20 @@ impl Mono {
 impl std::ops::Add<Duration> for Mono {
     type Output = Mono;
     fn add(self, d: Duration) -> Mono {
-        Mono(self.0.saturating_add(d.as_nanos().min(u64::MAX as u128) as u64))
+        Mono(
+            self.0
+                .saturating_add(d.as_nanos().min(u64::MAX as u128) as u64),
+        )
     }
 }
 
 impl std::ops::Sub<Duration> for Mono {
     type Output = Mono;
     fn sub(self, d: Duration) -> Mono {
-        Mono(self.0.saturating_sub(d.as_nanos().min(u64::MAX as u128) as u64))
+        Mono(
+            self.0
+                .saturating_sub(d.as_nanos().min(u64::MAX as u128) as u64),
+        )
     }
 }
 
@@ -74,6 +85,9 @@ mod tests {
         assert!(b >= a);
         assert_eq!(Mono(5).saturating_since(Mono(9)), Duration::ZERO);
         assert_eq!(Mono(5) - Duration::from_nanos(9), Mono(0));
-        assert_eq!(Mono::from_millis(2) + Duration::from_millis(3), Mono::from_millis(5));
+        assert_eq!(
+            Mono::from_millis(2) + Duration::from_millis(3),
+            Mono::from_millis(5)
+        );
     }
 }

@@ -27,9 +27,14 @@ pub enum LedPattern {
     #[default]
     Off,
     On,
-    Blink { on_ms: u32, off_ms: u32 },
+    Blink {
+        on_ms: u32,
+        off_ms: u32,
+    },
     /// Repeats forever.
-    Sequence { steps: heapless::Vec<Step, MAX_STEPS> },
+    Sequence {
+        steps: heapless::Vec<Step, MAX_STEPS>,
+    },
 }
 
 /// Longest single step we accept (one hour): longer is a bug, not a pattern.
@@ -39,7 +44,10 @@ impl LedPattern {
     /// A blink at `hz` with a 50% duty cycle.
     pub fn blink_hz(hz: u32) -> LedPattern {
         let half = (500 / hz.max(1)).max(1);
-        LedPattern::Blink { on_ms: half, off_ms: half }
+        LedPattern::Blink {
+            on_ms: half,
+            off_ms: half,
+        }
     }
 
     /// A sequence from `(on, ms)` pairs. Panics if there are more than
@@ -47,7 +55,8 @@ impl LedPattern {
     pub fn sequence(steps: &[(bool, u32)]) -> LedPattern {
         let mut v = heapless::Vec::new();
         for &(on, ms) in steps {
-            v.push(Step { on, ms }).expect("pattern in code has too many steps");
+            v.push(Step { on, ms })
+                .expect("pattern in code has too many steps");
         }
         LedPattern::Sequence { steps: v }
     }
@@ -64,8 +73,14 @@ impl LedPattern {
                 let _ = v.push(Step { on: true, ms: 0 });
             }
             LedPattern::Blink { on_ms, off_ms } => {
-                let _ = v.push(Step { on: true, ms: *on_ms });
-                let _ = v.push(Step { on: false, ms: *off_ms });
+                let _ = v.push(Step {
+                    on: true,
+                    ms: *on_ms,
+                });
+                let _ = v.push(Step {
+                    on: false,
+                    ms: *off_ms,
+                });
             }
             LedPattern::Sequence { steps } => v = steps.clone(),
         }
@@ -110,7 +125,10 @@ impl LedPattern {
                     return Err("sequence needs at least one step".into());
                 }
                 if let Some(s) = steps.iter().find(|s| s.ms == 0 || s.ms > MAX_STEP_MS) {
-                    return Err(format!("sequence step ms must be 1..={MAX_STEP_MS}, got {}", s.ms));
+                    return Err(format!(
+                        "sequence step ms must be 1..={MAX_STEP_MS}, got {}",
+                        s.ms
+                    ));
                 }
             }
         }
@@ -141,8 +159,13 @@ impl std::fmt::Display for LedPattern {
 enum RawPattern {
     Off,
     On,
-    Blink { on_ms: u32, off_ms: u32 },
-    Sequence { steps: heapless::Vec<Step, MAX_STEPS> },
+    Blink {
+        on_ms: u32,
+        off_ms: u32,
+    },
+    Sequence {
+        steps: heapless::Vec<Step, MAX_STEPS>,
+    },
 }
 
 impl TryFrom<RawPattern> for LedPattern {
@@ -174,7 +197,11 @@ mod tests {
             assert_eq!(serde_json::from_str::<LedPattern>(&s).unwrap(), p, "{s}");
         }
         assert_eq!(
-            serde_json::to_string(&LedPattern::Blink { on_ms: 1, off_ms: 2 }).unwrap(),
+            serde_json::to_string(&LedPattern::Blink {
+                on_ms: 1,
+                off_ms: 2
+            })
+            .unwrap(),
             r#"{"kind":"blink","on_ms":1,"off_ms":2}"#
         );
     }
@@ -184,11 +211,16 @@ mod tests {
         for (bad, why) in [
             (r#"{"kind":"blink","on_ms":0,"off_ms":5}"#, "on_ms"),
             (r#"{"kind":"sequence","steps":[]}"#, "at least one"),
-            (r#"{"kind":"sequence","steps":[{"on":true,"ms":0}]}"#, "step ms"),
+            (
+                r#"{"kind":"sequence","steps":[{"on":true,"ms":0}]}"#,
+                "step ms",
+            ),
             (r#"{"kind":"strobe"}"#, "unknown variant"),
             (r#"{"on_ms":1}"#, "kind"),
         ] {
-            let err = serde_json::from_str::<LedPattern>(bad).unwrap_err().to_string();
+            let err = serde_json::from_str::<LedPattern>(bad)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
         let too_many = format!(
