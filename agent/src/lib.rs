@@ -1,1 +1,12 @@
-//! The Intrustd appliance agent.
+//! The Intrustd appliance agent: configuration, state directory, button
+//! gestures, the appliance state machine and its LED policy, the local
+//! control API and the daemon shell that ties them to a board.
+//!
+//! `gestures` and `appliance` are sans-IO (time comes in as `Mono`); the
+//! `daemon` module is the only place that reads clocks and does IO for them.
+
+pub mod appliance;
+pub mod config;
+pub mod gestures;
+pub mod recovery;
+pub mod state_dir;

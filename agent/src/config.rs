@@ -1,0 +1,337 @@
+//! The daemon's configuration file (`intrustd --config FILE`, TOML).
+//!
+//! Every field has a documented default, unknown keys are rejected, and a bad
+//! file fails with its path, line and column. A parsed [`Config`] is valid:
+//! thresholds are ordered and non-zero (see [`Config::validate`]).
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration. See `agent/intrustd.example.toml` for a
+/// commented example with every default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the agent keeps its files (device id, pairing state).
+    /// Default: `/var/lib/intrustd`.
+    pub state_dir: PathBuf,
+    /// Board profile: a built-in name (`"sim"`, …) or a path to a profile
+    /// file. Default: `"sim"` (real appliances set their board's profile).
+    pub board: String,
+    /// Root under which the board's sysfs and `/dev` paths are looked up;
+    /// tests point it at a temporary tree. Default: `/`.
+    pub board_root: PathBuf,
+    /// The local control socket (`intrustctl`, test rigs).
+    /// Default: `/run/intrustd/control.sock`.
+    pub control_socket: PathBuf,
+    /// The simulated board's socket, served when the profile has sim
+    /// backends. Default: `/run/intrustd/sim.sock`.
+    pub sim_socket: PathBuf,
+    pub pairing: PairingConfig,
+    pub buttons: ButtonsConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/intrustd"),
+            board: "sim".into(),
+            board_root: PathBuf::from("/"),
+            control_socket: PathBuf::from("/run/intrustd/control.sock"),
+            sim_socket: PathBuf::from("/run/intrustd/sim.sock"),
+            pairing: PairingConfig::default(),
+            buttons: ButtonsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[pairing]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PairingConfig {
+    /// How long the pairing window stays open after a PAIR press. Default: 300.
+    pub window_secs: u64,
+}
+
+impl Default for PairingConfig {
+    fn default() -> Self {
+        PairingConfig { window_secs: 300 }
+    }
+}
+
+impl PairingConfig {
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_secs)
+    }
+}
+
+/// `[buttons]`: gesture thresholds, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ButtonsConfig {
+    /// Shortest PAIR press that counts (shorter is a bounce or a brush). Default: 50.
+    pub pair_min_ms: u64,
+    /// Longest PAIR press that counts (longer is a stuck or leaned-on button). Default: 3000.
+    pub pair_max_ms: u64,
+    /// How long RESET must be held to arm a factory reset. Default: 5000.
+    pub reset_arm_ms: u64,
+    /// Holding RESET this long cancels an armed reset. Default: 30000.
+    pub reset_cancel_ms: u64,
+}
+
+impl Default for ButtonsConfig {
+    fn default() -> Self {
+        ButtonsConfig {
+            pair_min_ms: 50,
+            pair_max_ms: 3000,
+            reset_arm_ms: 5000,
+            reset_cancel_ms: 30000,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    /// Default: `info`.
+    pub level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// A config file that could not be read, parsed or validated. The message
+/// names the file and, for syntax and type errors, the line and column.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = match e.span() {
+                Some(span) => line_col(text, span.start),
+                None => (1, 1),
+            };
+            ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: non-zero and ordered thresholds,
+    /// non-empty names.
+    pub fn validate(&self) -> Result<(), String> {
+        let b = &self.buttons;
+        if self.board.trim().is_empty() {
+            return Err("board must name a profile or a profile file".into());
+        }
+        if self.pairing.window_secs == 0 {
+            return Err("pairing.window_secs must be at least 1".into());
+        }
+        if b.pair_min_ms >= b.pair_max_ms {
+            return Err(format!(
+                "buttons.pair_min_ms ({}) must be less than buttons.pair_max_ms ({})",
+                b.pair_min_ms, b.pair_max_ms
+            ));
+        }
+        if b.reset_arm_ms == 0 {
+            return Err("buttons.reset_arm_ms must be at least 1".into());
+        }
+        if b.reset_arm_ms >= b.reset_cancel_ms {
+            return Err(format!(
+                "buttons.reset_arm_ms ({}) must be less than buttons.reset_cancel_ms ({})",
+                b.reset_arm_ms, b.reset_cancel_ms
+            ));
+        }
+        for (name, p) in [
+            ("state_dir", &self.state_dir),
+            ("control_socket", &self.control_socket),
+            ("sim_socket", &self.sim_socket),
+        ] {
+            if p.as_os_str().is_empty() {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/intrustd.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.state_dir, Path::new("/var/lib/intrustd"));
+        assert_eq!(c.control_socket, Path::new("/run/intrustd/control.sock"));
+        assert_eq!(c.sim_socket, Path::new("/run/intrustd/sim.sock"));
+        assert_eq!(c.pairing.window_secs, 300);
+        assert_eq!(
+            (
+                c.buttons.pair_min_ms,
+                c.buttons.pair_max_ms,
+                c.buttons.reset_arm_ms,
+                c.buttons.reset_cancel_ms
+            ),
+            (50, 3000, 5000, 30000)
+        );
+        assert_eq!(c.log.level, LogLevel::Info);
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../intrustd.example.toml");
+        let c = parse(text).unwrap();
+        // The example documents the defaults; if they drift, one of the two is wrong.
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn partial_tables_keep_other_defaults() {
+        let c = parse("board = \"/etc/board.toml\"\n[buttons]\npair_max_ms = 2000\n").unwrap();
+        assert_eq!(c.board, "/etc/board.toml");
+        assert_eq!(c.buttons.pair_max_ms, 2000);
+        assert_eq!(c.buttons.pair_min_ms, 50);
+    }
+
+    #[test]
+    fn syntax_error_names_file_line_and_column() {
+        let err = parse("state_dir = \"/x\"\n\nboard = \n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/intrustd.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_line() {
+        let err = parse("board = \"sim\"\n[pairing]\nwindow_sec = 10\n").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Parse {
+                    line: 3,
+                    column: 1,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.contains("window_sec"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_level_are_rejected_with_line() {
+        let err = parse("[buttons]\n\npair_min_ms = \"fast\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 3, .. }), "{err}");
+        let err = parse("[log]\nlevel = \"loud\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err}");
+        assert!(err.to_string().contains("loud"), "{err}");
+    }
+
+    #[test]
+    fn unordered_thresholds_are_rejected() {
+        let err = parse("[buttons]\npair_min_ms = 3000\npair_max_ms = 50\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("buttons.pair_min_ms"), "{err}");
+        let err = parse("[buttons]\nreset_arm_ms = 40000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reset_arm_ms"), "{err}");
+        let err = parse("[pairing]\nwindow_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("window_secs"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_file() {
+        let err = Config::load(Path::new("/nonexistent/intrustd.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/intrustd.toml"), "{err}");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("ab", 99), (1, 3));
+    }
+}
