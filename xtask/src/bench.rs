@@ -1,0 +1,97 @@
+//! `cargo xtask bench [GROUP]`: each group prints one JSON object per figure
+//! on stdout (format in /work/shared/BENCH.md, kept in the README); builds
+//! and tools write to stderr.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use crate::cmd::{self, say};
+use crate::cross;
+
+pub const GROUPS: &[(&str, &str)] = &[
+    (
+        "board",
+        "button press to LED change on the simulated board (p50, p99)",
+    ),
+    (
+        "footprint",
+        "sizes of the stripped aarch64 intrustd and intrustctl",
+    ),
+];
+
+pub fn run(root: &Path, group: Option<&str>) -> Result<()> {
+    if let Some(g) = group {
+        if !GROUPS.iter().any(|(n, _)| *n == g) {
+            let names: Vec<&str> = GROUPS.iter().map(|(n, _)| *n).collect();
+            bail!("unknown bench group {g:?}; the groups are: {}", names.join(", "));
+        }
+    }
+    match group {
+        None => {
+            for (name, _) in GROUPS {
+                run_group(root, name)?;
+            }
+            Ok(())
+        }
+        Some(g) => run_group(root, g),
+    }
+}
+
+fn run_group(root: &Path, group: &str) -> Result<()> {
+    say(format!("bench group {group}"));
+    match group {
+        "board" => board(root),
+        "footprint" => footprint(root),
+        other => {
+            let names: Vec<&str> = GROUPS.iter().map(|(n, _)| *n).collect();
+            bail!(
+                "unknown bench group {other:?}; the groups are: {}",
+                names.join(", ")
+            )
+        }
+    }
+}
+
+/// The HIL measures it: its stdout JSON lines pass straight through.
+fn board(root: &Path) -> Result<()> {
+    cmd::run_log(cmd::cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "intrust-agent",
+        "-p",
+        "intrust-hil",
+    ]))?;
+    let release = crate::target_dir(root).join("release");
+    cmd::run(
+        Command::new(release.join("intrust-hil"))
+            .current_dir(root)
+            .arg("--intrustd")
+            .arg(release.join("intrustd"))
+            .args(["bench", "board", "--presses", "1000"]),
+    )
+}
+
+fn footprint(root: &Path) -> Result<()> {
+    cross::install()?;
+    let bins = cross::build_dist(root)?;
+    for b in bins.iter().filter(|b| b.name != "intrust-hil") {
+        let line = json!({
+            "bench": "footprint",
+            "metric": format!("size_{}_mib", b.name),
+            "value": (b.mib() * 1000.0).round() / 1000.0,
+            "unit": "MiB",
+            "better": "lower",
+            "baseline": null,
+            "baseline_value": null,
+            "ratio": null,
+            "runs": 1,
+            "note": format!("{} release build, stripped ({} bytes)", cross::TARGET, b.bytes),
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
