@@ -26,7 +26,10 @@ pub fn run(root: &Path, group: Option<&str>) -> Result<()> {
     if let Some(g) = group {
         if !GROUPS.iter().any(|(n, _)| *n == g) {
             let names: Vec<&str> = GROUPS.iter().map(|(n, _)| *n).collect();
-            bail!("unknown bench group {g:?}; the groups are: {}", names.join(", "));
+            bail!(
+                "unknown bench group {g:?}; the groups are: {}",
+                names.join(", ")
+            );
         }
     }
     match group {
