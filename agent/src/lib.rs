@@ -7,6 +7,7 @@
 
 pub mod appliance;
 pub mod config;
+pub mod control;
 pub mod gestures;
 pub mod recovery;
 pub mod state_dir;

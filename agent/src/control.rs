@@ -1,0 +1,662 @@
+//! The local control socket: `intrustctl` and test rigs ask the daemon for
+//! its status and open or close the pairing window.
+//!
+//! JSON lines over a Unix socket, one request and one response each (format
+//! in ARCHITECTURE.md). Invariants: the socket is mode 0600 and only root or
+//! the agent's own uid may talk to it (SO_PEERCRED); a line is at most
+//! [`MAX_LINE`] bytes; a malformed line gets one error response and the
+//! connection is closed, the server keeps running.
+
+use crate::appliance::StateName;
+use intrust_board::{LedPattern, LedRole};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Longest accepted line, in bytes, without the newline.
+pub const MAX_LINE: usize = 4096;
+/// Version of this protocol, reported in [`Versions::control_protocol`].
+pub const PROTOCOL: u32 = 1;
+/// Connections served at once; more are told so and closed.
+const MAX_CONNECTIONS: usize = 16;
+
+/// A request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Pairing { action: PairingAction },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairingAction {
+    Open,
+    Close,
+}
+
+/// A response line: `{"ok":true,"result":STATUS}` or `{"ok":false,"error":"…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(status: Status) -> Response {
+        Response {
+            ok: true,
+            result: Some(status),
+            error: None,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(message.into()),
+        }
+    }
+
+    pub fn into_result(self) -> Result<Status, String> {
+        match (self.ok, self.result, self.error) {
+            (true, Some(s), _) => Ok(s),
+            (true, None, _) => Err("response says ok but has no result".into()),
+            (false, _, e) => Err(e.unwrap_or_else(|| "error without a message".into())),
+        }
+    }
+}
+
+/// What the daemon reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: StateName,
+    pub device_id: String,
+    /// The board profile's name.
+    pub board: String,
+    pub versions: Versions,
+    /// The pattern each of the board's LEDs shows.
+    pub leds: BTreeMap<LedRole, LedPattern>,
+    pub pairing_window: PairingWindow,
+    /// Factory resets requested with the RESET button since start.
+    pub factory_reset_requests: u64,
+    /// The simulated board's socket, if the board has one.
+    pub sim_socket: Option<PathBuf>,
+    pub uptime_ms: u64,
+    /// Progress while `state` is `updating`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_percent: Option<u8>,
+    /// The message while `state` is `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    pub intrustd: String,
+    pub control_protocol: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingWindow {
+    pub open: bool,
+    pub closes_in_ms: Option<u64>,
+}
+
+/// A request handed from a connection to the daemon, with where to answer.
+#[derive(Debug)]
+pub struct ControlRequest {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// Result of reading one line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineRead {
+    /// A line is in the buffer (without its newline).
+    Line,
+    /// The peer closed the stream before another line.
+    Eof,
+    /// The line was longer than the limit. Part of it was consumed, the
+    /// rest was not: the caller should close the connection.
+    TooLong,
+}
+
+/// Reads one `\n`-terminated line of at most `max` bytes into `buf`, never
+/// buffering more than `max` bytes. A last line without a newline counts.
+pub async fn read_line_limited<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let avail = r.fill_buf().await?;
+        if avail.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        if let Some(i) = avail.iter().position(|&b| b == b'\n') {
+            if buf.len() + i > max {
+                r.consume(i + 1);
+                return Ok(LineRead::TooLong);
+            }
+            buf.extend_from_slice(&avail[..i]);
+            r.consume(i + 1);
+            return Ok(LineRead::Line);
+        }
+        let n = avail.len();
+        if buf.len() + n > max {
+            r.consume(n);
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(avail);
+        r.consume(n);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} exists and is not a socket; refusing to remove it", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("another process is already listening on {}; is intrustd already running?", path.display())]
+    InUse { path: PathBuf },
+}
+
+/// Binds a Unix socket at `path` with mode 0600: creates missing parent
+/// directories, removes a stale socket file, refuses to remove anything
+/// else or a socket someone still listens on.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, ControlError> {
+    let io = |what, source| ControlError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| io("cannot create the directory of socket", e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ControlError::InUse {
+                    path: path.to_owned(),
+                });
+            }
+            tracing::info!(socket = %path.display(), "removing stale socket file");
+            std::fs::remove_file(path).map_err(|e| io("cannot remove stale socket", e))?;
+        }
+        Ok(_) => {
+            return Err(ControlError::NotASocket {
+                path: path.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot inspect socket path", e)),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("cannot bind socket", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("cannot set mode 0600 on socket", e))?;
+    Ok(listener)
+}
+
+/// The running control server. Dropping it (or [`shutdown`](Self::shutdown))
+/// stops accepting and removes the socket file.
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// Binds `path` and serves connections; each request goes to `requests`.
+    /// Must be called within a tokio runtime.
+    pub fn bind(
+        path: &Path,
+        requests: mpsc::Sender<ControlRequest>,
+    ) -> Result<ControlServer, ControlError> {
+        let listener = bind_socket(path)?;
+        // SAFETY: geteuid cannot fail.
+        let own_uid = unsafe { libc::geteuid() };
+        let task = tokio::spawn(accept_loop(listener, requests, own_uid));
+        Ok(ControlServer {
+            path: path.to_owned(),
+            task,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn shutdown(self) {
+        drop(self)
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn accept_loop(listener: UnixListener, requests: mpsc::Sender<ControlRequest>, own_uid: u32) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                // Avoid a hot loop on persistent errors (e.g. EMFILE).
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let requests = requests.clone();
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = slots.try_acquire_owned() else {
+                tracing::warn!("control socket: too many connections, refusing one");
+                let _ = refuse(stream, "too many connections").await;
+                return;
+            };
+            if let Err(e) = serve_connection(stream, requests, own_uid).await {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn refuse(mut stream: UnixStream, message: &str) -> io::Result<()> {
+    write_response(&mut stream, &Response::error(message)).await?;
+    stream.shutdown().await
+}
+
+async fn write_response<W: AsyncWriteExt + Unpin>(w: &mut W, r: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(r).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    requests: mpsc::Sender<ControlRequest>,
+    own_uid: u32,
+) -> io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    if uid != 0 && uid != own_uid {
+        tracing::warn!(
+            uid,
+            "control socket: refused a peer that is neither root nor our own user"
+        );
+        return refuse(
+            stream,
+            &format!("permission denied: uid {uid} may not use the control socket"),
+        )
+        .await;
+    }
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        let request = match read_line_limited(&mut rd, &mut buf, MAX_LINE).await? {
+            LineRead::Eof => return Ok(()),
+            LineRead::TooLong => {
+                tracing::warn!(
+                    "control socket: line longer than {MAX_LINE} bytes, closing the connection"
+                );
+                write_response(
+                    &mut wr,
+                    &Response::error(format!("line longer than {MAX_LINE} bytes")),
+                )
+                .await?;
+                return wr.shutdown().await;
+            }
+            LineRead::Line => match serde_json::from_slice::<Request>(&buf) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket: malformed request, closing the connection");
+                    write_response(&mut wr, &Response::error(format!("malformed request: {e}")))
+                        .await?;
+                    return wr.shutdown().await;
+                }
+            },
+        };
+        let (reply, answer) = oneshot::channel();
+        let response = if requests
+            .send(ControlRequest { request, reply })
+            .await
+            .is_err()
+        {
+            Response::error("intrustd is shutting down")
+        } else {
+            answer
+                .await
+                .unwrap_or_else(|_| Response::error("intrustd is shutting down"))
+        };
+        write_response(&mut wr, &response).await?;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {}: is intrustd running? ({source})", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control socket {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("control socket {}: unexpected reply: {message}", path.display())]
+    Protocol { path: PathBuf, message: String },
+    #[error("intrustd: {0}")]
+    Agent(String),
+}
+
+/// An async client of the control socket.
+#[derive(Debug)]
+pub struct ControlClient {
+    path: PathBuf,
+    rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: tokio::net::unix::OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl ControlClient {
+    pub async fn connect(path: impl AsRef<Path>) -> Result<ControlClient, ClientError> {
+        let path = path.as_ref().to_owned();
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.clone(),
+                source,
+            })?;
+        let (rd, wr) = stream.into_split();
+        Ok(ControlClient {
+            path,
+            rd: BufReader::new(rd),
+            wr,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn request(&mut self, request: &Request) -> Result<Status, ClientError> {
+        let io = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_vec(request).map_err(|e| io(io::Error::other(e)))?;
+        line.push(b'\n');
+        self.wr.write_all(&line).await.map_err(io)?;
+        // A status line is small, but leave room for long error messages.
+        match read_line_limited(&mut self.rd, &mut self.buf, 64 * 1024)
+            .await
+            .map_err(io)?
+        {
+            LineRead::Line => {}
+            LineRead::Eof => {
+                return Err(ClientError::Protocol {
+                    path: self.path.clone(),
+                    message: "connection closed".into(),
+                })
+            }
+            LineRead::TooLong => {
+                return Err(ClientError::Protocol {
+                    path: self.path.clone(),
+                    message: "reply too long".into(),
+                })
+            }
+        }
+        let response: Response =
+            serde_json::from_slice(&self.buf).map_err(|e| ClientError::Protocol {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })?;
+        response.into_result().map_err(ClientError::Agent)
+    }
+
+    pub async fn status(&mut self) -> Result<Status, ClientError> {
+        self.request(&Request::Status).await
+    }
+
+    /// Opens (`true`) or closes the pairing window.
+    pub async fn pairing(&mut self, open: bool) -> Result<Status, ClientError> {
+        let action = if open {
+            PairingAction::Open
+        } else {
+            PairingAction::Close
+        };
+        self.request(&Request::Pairing { action }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn sample_status() -> Status {
+        Status {
+            state: StateName::Unpaired,
+            device_id: "ab".repeat(16),
+            board: "sim".into(),
+            versions: Versions {
+                intrustd: "0.1.0".into(),
+                control_protocol: PROTOCOL,
+            },
+            leds: [
+                (
+                    LedRole::Status,
+                    LedPattern::Blink {
+                        on_ms: 500,
+                        off_ms: 500,
+                    },
+                ),
+                (LedRole::Link, LedPattern::Off),
+            ]
+            .into_iter()
+            .collect(),
+            pairing_window: PairingWindow {
+                open: false,
+                closes_in_ms: None,
+            },
+            factory_reset_requests: 0,
+            sim_socket: Some("/run/intrustd/sim.sock".into()),
+            uptime_ms: 12,
+            update_percent: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn wire_format_matches_architecture_md() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Pairing {
+                action: PairingAction::Open
+            })
+            .unwrap(),
+            r#"{"cmd":"pairing","action":"open"}"#
+        );
+        let v: serde_json::Value = serde_json::to_value(Response::ok(sample_status())).unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["result"]["state"], "unpaired");
+        assert_eq!(v["result"]["leds"]["status"]["kind"], "blink");
+        assert_eq!(v["result"]["leds"]["link"]["kind"], "off");
+        assert_eq!(
+            v["result"]["pairing_window"]["closes_in_ms"],
+            serde_json::Value::Null
+        );
+        assert_eq!(v["result"]["versions"]["control_protocol"], 1);
+        assert!(v.get("error").is_none());
+        let e = serde_json::to_string(&Response::error("nope")).unwrap();
+        assert_eq!(e, r#"{"ok":false,"error":"nope"}"#);
+        let back: Response =
+            serde_json::from_str(&serde_json::to_string(&Response::ok(sample_status())).unwrap())
+                .unwrap();
+        assert_eq!(back.into_result().unwrap(), sample_status());
+    }
+
+    #[test]
+    fn malformed_requests_are_rejected() {
+        for bad in [
+            r#"{"cmd":"reboot"}"#,
+            r#"{"cmd":"pairing"}"#,
+            r#"{"cmd":"pairing","action":"ajar"}"#,
+            "[]",
+            "x",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn read_line_limited_bounds_lines() {
+        let data = b"short\n\nexactly4\ntoolongline\nlast".to_vec();
+        let mut r = BufReader::with_capacity(3, &data[..]);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            match read_line_limited(&mut r, &mut buf, 8).await.unwrap() {
+                LineRead::Eof => break,
+                LineRead::TooLong => {
+                    got.push("<too long>".to_string());
+                    break;
+                }
+                LineRead::Line => got.push(String::from_utf8(buf.clone()).unwrap()),
+            }
+        }
+        assert_eq!(got, ["short", "", "exactly4", "<too long>"]);
+        let mut r = BufReader::new(&b"a\nlast"[..]);
+        assert_eq!(
+            read_line_limited(&mut r, &mut buf, 8).await.unwrap(),
+            LineRead::Line
+        );
+        assert_eq!(
+            read_line_limited(&mut r, &mut buf, 8).await.unwrap(),
+            LineRead::Line
+        );
+        assert_eq!(buf, b"last");
+        assert_eq!(
+            read_line_limited(&mut r, &mut buf, 8).await.unwrap(),
+            LineRead::Eof
+        );
+    }
+
+    async fn answer_with_status(mut rx: mpsc::Receiver<ControlRequest>) {
+        while let Some(req) = rx.recv().await {
+            let mut s = sample_status();
+            if let Request::Pairing {
+                action: PairingAction::Open,
+            } = req.request
+            {
+                s.state = StateName::PairingWindow;
+            }
+            let _ = req.reply.send(Response::ok(s));
+        }
+    }
+
+    #[tokio::test]
+    async fn server_answers_rejects_garbage_and_keeps_running() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("run/control.sock");
+        let (tx, rx) = mpsc::channel(8);
+        let server = ControlServer::bind(&path, tx).unwrap();
+        tokio::spawn(answer_with_status(rx));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let mut c = ControlClient::connect(&path).await.unwrap();
+        assert_eq!(c.status().await.unwrap().state, StateName::Unpaired);
+        assert_eq!(
+            c.pairing(true).await.unwrap().state,
+            StateName::PairingWindow
+        );
+
+        // Garbage: one error line, then the server closes the connection.
+        for garbage in [&b"{not json\n"[..], &[b'x'; MAX_LINE + 10][..]] {
+            let mut s = UnixStream::connect(&path).await.unwrap();
+            s.write_all(garbage).await.unwrap();
+            s.write_all(b"\n").await.unwrap();
+            let mut out = String::new();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                s.read_to_string(&mut out),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            let r: Response = serde_json::from_str(out.trim()).unwrap();
+            assert!(!r.ok, "{out}");
+            assert_eq!(out.lines().count(), 1, "{out}");
+        }
+        // Still serving.
+        assert!(ControlClient::connect(&path)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .is_ok());
+        server.shutdown();
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_live_one_and_regular_file_are_not() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("c.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let (tx, _rx) = mpsc::channel(1);
+        let server = ControlServer::bind(&path, tx.clone()).unwrap();
+        let err = ControlServer::bind(&path, tx.clone()).unwrap_err();
+        assert!(matches!(err, ControlError::InUse { .. }), "{err}");
+        drop(server);
+        let file = t.path().join("file");
+        std::fs::write(&file, "keep me").unwrap();
+        let err = ControlServer::bind(&file, tx).unwrap_err();
+        assert!(matches!(err, ControlError::NotASocket { .. }), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
+
+    #[tokio::test]
+    async fn client_error_when_nobody_listens_says_so() {
+        let t = tempfile::tempdir().unwrap();
+        let err = ControlClient::connect(t.path().join("none.sock"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is intrustd running?"), "{err}");
+        assert!(err.contains("none.sock"), "{err}");
+    }
+}
