@@ -9,5 +9,6 @@ pub mod appliance;
 pub mod config;
 pub mod control;
 pub mod gestures;
+pub mod logging;
 pub mod recovery;
 pub mod state_dir;
