@@ -6,13 +6,19 @@
 //! decided once, from a board [`profile`]. Timestamps are [`Mono`]: the
 //! kernel's CLOCK_MONOTONIC, so kernel edge timestamps and our own agree.
 
+mod blinker;
+mod button_task;
 pub mod debounce;
+pub mod evdev;
 pub mod mono;
 pub mod pattern;
+pub mod profile;
+pub mod sysfs;
 
 pub use debounce::Debouncer;
 pub use mono::Mono;
 pub use pattern::{LedPattern, Step, MAX_STEPS};
+pub use profile::{Profile, ProfileError};
 
 use serde::{Deserialize, Serialize};
 
