@@ -8,6 +8,7 @@
 pub mod appliance;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod gestures;
 pub mod logging;
 pub mod recovery;
