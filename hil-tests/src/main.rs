@@ -1,1 +1,179 @@
-fn main() {}
+//! `intrust-hil`: runs HIL scenarios and the board benchmark against a rig.
+//!
+//! `intrust-hil [--rig sim] [--intrustd PATH] [--launcher CMD] [--record-dir DIR] run NAME|all`,
+//! `intrust-hil list`, `intrust-hil bench board [--presses N]`.
+//! One line per scenario on stdout; exits non-zero if any scenario fails.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use intrust_hil::daemon::locate_intrustd;
+use intrust_hil::record::Outcome;
+use intrust_hil::rig::RigFactory;
+use intrust_hil::sim_rig::SimRigFactory;
+use intrust_hil::{bench, scenarios};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "intrust-hil",
+    version,
+    about = "Hardware-in-the-loop scenarios and benchmarks for intrustd"
+)]
+struct Cli {
+    /// Which rig drives the DUT.
+    #[arg(long, value_enum, default_value = "sim", global = true)]
+    rig: RigKind,
+    /// The intrustd binary (default: $INTRUST_HIL_INTRUSTD, else next to this executable).
+    #[arg(long, global = true, value_name = "PATH")]
+    intrustd: Option<PathBuf>,
+    /// Command prefix to run intrustd under, split on whitespace,
+    /// e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu".
+    #[arg(long, global = true, value_name = "CMD")]
+    launcher: Option<String>,
+    /// Where test records go (default: target/hil-records/).
+    #[arg(long, global = true, value_name = "DIR")]
+    record_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RigKind {
+    /// intrustd with the simulated board, driven over its sim socket.
+    Sim,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one scenario, or all of them.
+    Run {
+        /// A scenario name (see `list`) or `all`.
+        name: String,
+    },
+    /// Lists the scenarios.
+    List,
+    /// Runs a benchmark group; figures go to stdout as JSON lines.
+    Bench {
+        #[command(subcommand)]
+        group: BenchGroup,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchGroup {
+    /// PAIR press to LED change latency on the simulated board.
+    Board {
+        /// Number of PAIR taps.
+        #[arg(long, default_value_t = 1000)]
+        presses: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("intrust-hil: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("intrust-hil: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::List => {
+            for s in scenarios::SCENARIOS {
+                println!("{:<18} {}", s.name, s.summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { name } => {
+            let chosen: Vec<_> = if name == "all" {
+                scenarios::SCENARIOS.iter().collect()
+            } else {
+                let s = scenarios::find(name).with_context(|| {
+                    let names: Vec<_> = scenarios::SCENARIOS.iter().map(|s| s.name).collect();
+                    format!(
+                        "no scenario called {name:?}; there are: {}, or all",
+                        names.join(", ")
+                    )
+                })?;
+                vec![s]
+            };
+            let factory = factory(&cli)?;
+            let dir = cli.record_dir.clone().unwrap_or_else(default_record_dir);
+            let mut all_passed = true;
+            for s in chosen {
+                let record = scenarios::run(&*factory, s).await;
+                let path = record.write_to(&dir)?;
+                let secs = record.duration_ms as f64 / 1000.0;
+                let problem = record
+                    .first_problem()
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default();
+                println!(
+                    "{} {} ({secs:.1} s){problem} [{}]",
+                    record.outcome,
+                    s.name,
+                    path.display()
+                );
+                all_passed &= record.outcome == Outcome::Pass;
+            }
+            Ok(if all_passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Bench {
+            group: BenchGroup::Board { presses },
+        } => {
+            let factory = factory(&cli)?;
+            let run = bench::board(&*factory, *presses).await?;
+            eprint!("{}", bench::table(&run));
+            for line in bench::lines(&run, *presses) {
+                println!("{line}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn factory(cli: &Cli) -> anyhow::Result<Box<dyn RigFactory>> {
+    match cli.rig {
+        RigKind::Sim => {
+            let intrustd = locate_intrustd(cli.intrustd.as_deref())?;
+            Ok(Box::new(SimRigFactory::new(
+                intrustd,
+                cli.launcher.as_deref(),
+            )))
+        }
+    }
+}
+
+/// `target/hil-records`: under `$CARGO_TARGET_DIR`, else the `target`
+/// directory this executable was built into, else `./target`.
+fn default_record_dir() -> PathBuf {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(t).join("hil-records");
+    }
+    let exe = std::env::current_exe().ok();
+    let target = exe.as_deref().and_then(|e| {
+        e.ancestors()
+            .find(|a| a.file_name().is_some_and(|n| n == "target"))
+    });
+    target.unwrap_or(Path::new("target")).join("hil-records")
+}
