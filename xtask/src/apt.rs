@@ -151,3 +151,45 @@ pub fn ensure(why: &str, packages: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sudo_passes_the_environment_through_env() {
+        let c = as_root(
+            &Privilege::Sudo,
+            &[("DEBIAN_FRONTEND", "noninteractive")],
+            "apt-get",
+            &["install", "-y", "qemu-user"],
+        );
+        assert_eq!(
+            cmd::display(&c),
+            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-user"
+        );
+    }
+
+    #[test]
+    fn root_runs_the_program_directly() {
+        let c = as_root(
+            &Privilege::Root,
+            &[("DEBIAN_FRONTEND", "noninteractive")],
+            "apt-get",
+            &["update"],
+        );
+        assert_eq!(
+            cmd::display(&c),
+            "DEBIAN_FRONTEND=noninteractive apt-get update"
+        );
+    }
+
+    #[test]
+    fn installed_tells_present_from_absent() {
+        if !is_debian() {
+            return; // nothing to ask
+        }
+        assert!(installed("dpkg"));
+        assert!(!installed("intrust-no-such-package"));
+    }
+}

@@ -37,6 +37,7 @@ const PACKAGES_BUILT: &[&str] = &["intrust-agent", "intrust-hil"];
 
 pub struct Binary {
     pub name: &'static str,
+    /// Relative to the workspace root.
     pub path: PathBuf,
     pub bytes: u64,
 }
@@ -70,15 +71,23 @@ pub fn build_dist(root: &Path) -> Result<Vec<Binary>> {
         started.elapsed().as_secs_f64()
     ));
 
-    let release = root.join(TARGET_DIR).join(TARGET).join("release");
-    let dist = root.join(TARGET_DIR).join("dist");
-    std::fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
+    // Paths relative to the workspace root: shorter echoes.
+    let release = Path::new(TARGET_DIR).join(TARGET).join("release");
+    let dist = Path::new(TARGET_DIR).join("dist");
+    std::fs::create_dir_all(root.join(&dist))
+        .with_context(|| format!("creating {}", dist.display()))?;
     let mut out = Vec::new();
     for name in BINARIES {
         let built = release.join(name);
         let path = dist.join(name);
-        cmd::run_log(Command::new(STRIP).arg("-o").arg(&path).arg(&built))?;
-        let bytes = std::fs::metadata(&path)
+        cmd::run_log(
+            Command::new(STRIP)
+                .current_dir(root)
+                .arg("-o")
+                .arg(&path)
+                .arg(&built),
+        )?;
+        let bytes = std::fs::metadata(root.join(&path))
             .with_context(|| format!("reading {}", path.display()))?
             .len();
         out.push(Binary { name, path, bytes });
@@ -94,12 +103,6 @@ fn qemu() -> Command {
     c
 }
 
-fn rel(root: &Path, p: &Path) -> PathBuf {
-    p.strip_prefix(root)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|_| p.to_path_buf())
-}
-
 /// `cargo xtask cross`: install, build, strip, sizes, run under QEMU.
 /// Returns `Skipped` when the HIL binary is still a stub.
 pub fn run(root: &Path) -> Result<Outcome> {
@@ -111,7 +114,7 @@ pub fn run(root: &Path) -> Result<Outcome> {
             "    {:<12} {:>6.2} MiB  {}",
             b.name,
             b.mib(),
-            rel(root, &b.path).display()
+            b.path.display()
         );
     }
     let dist = |name: &str| PathBuf::from(TARGET_DIR).join("dist").join(name);
