@@ -10,9 +10,11 @@ mod blinker;
 mod button_task;
 pub mod debounce;
 pub mod evdev;
+pub mod gpio;
 pub mod mono;
 pub mod pattern;
 pub mod profile;
+pub mod sim;
 pub mod sysfs;
 
 pub use debounce::Debouncer;
