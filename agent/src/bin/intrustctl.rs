@@ -1,1 +1,307 @@
-fn main() {}
+//! `intrustctl`: the local CLI. Talks to `intrustd` over the control socket
+//! and, for `board …`, to the simulated board's socket.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use intrust_agent::control::{ControlClient, Status, MAX_LINE};
+use intrust_board::{Button, LedPattern, LedRole};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// Control a running intrustd.
+#[derive(Debug, Parser)]
+#[command(name = "intrustctl", version)]
+struct Args {
+    /// The agent's control socket.
+    #[arg(long, value_name = "PATH", default_value = "/run/intrustd/control.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the agent's state, LEDs and pairing window.
+    Status {
+        /// Print the raw status JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open or close the pairing window.
+    Pairing {
+        #[arg(value_parser = ["open", "close"])]
+        action: String,
+    },
+    /// Drive or watch the simulated board.
+    Board {
+        /// The sim socket (default: the one the agent reports in its status).
+        #[arg(long, value_name = "PATH")]
+        sim_socket: Option<PathBuf>,
+        #[command(subcommand)]
+        command: BoardCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BoardCommand {
+    /// Print LED changes and button edges as they happen.
+    Watch,
+    /// Press a button (pair, reset) and leave it pressed.
+    Press { button: Button },
+    /// Release a button.
+    Release { button: Button },
+    /// Press and release a button.
+    Tap {
+        button: Button,
+        #[arg(long, default_value_t = 100)]
+        ms: u64,
+    },
+    /// Hold a button down for --ms milliseconds.
+    Hold {
+        button: Button,
+        #[arg(long)]
+        ms: u64,
+    },
+}
+
+/// The error and its causes, skipping causes whose text the message already shows.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("intrustctl: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("intrustctl: error: {}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Status { json } => {
+            let status = ControlClient::connect(&args.socket).await?.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Pairing { action } => {
+            let status = ControlClient::connect(&args.socket).await?.pairing(action == "open").await?;
+            print_window(&status);
+        }
+        Command::Board { sim_socket, command } => {
+            let sim = match sim_socket {
+                Some(p) => p,
+                None => {
+                    let status = ControlClient::connect(&args.socket).await?.status().await?;
+                    match status.sim_socket {
+                        Some(p) => p,
+                        None => bail!("board {:?} has no simulated board socket", status.board),
+                    }
+                }
+            };
+            board(&sim, command).await?;
+        }
+    }
+    Ok(())
+}
+
+fn lit(p: &LedPattern) -> &'static str {
+    if *p == LedPattern::Off {
+        "○"
+    } else {
+        "●"
+    }
+}
+
+fn print_status(s: &Status) {
+    println!("state:           {}", s.state);
+    if let Some(p) = s.update_percent {
+        println!("update:          {p}%");
+    }
+    if let Some(e) = &s.error {
+        println!("error:           {e}");
+    }
+    println!("device id:       {}", s.device_id);
+    println!("board:           {}", s.board);
+    for (i, (role, p)) in s.leds.iter().enumerate() {
+        let label = if i == 0 { "LEDs:" } else { "" };
+        println!("{label:<17}{:<7}{} {p}", role.name(), lit(p));
+    }
+    print_window(s);
+    println!("factory resets:  {} requested (not wired to recovery yet)", s.factory_reset_requests);
+    if let Some(p) = &s.sim_socket {
+        println!("sim socket:      {}", p.display());
+    }
+    println!("uptime:          {:.1} s", s.uptime_ms as f64 / 1000.0);
+    println!("versions:        intrustd {}, control protocol {}", s.versions.intrustd, s.versions.control_protocol);
+}
+
+fn print_window(s: &Status) {
+    match (s.pairing_window.open, s.pairing_window.closes_in_ms) {
+        (true, Some(ms)) => println!("pairing window:  open, closes in {:.0} s", ms as f64 / 1000.0),
+        (true, None) => println!("pairing window:  open"),
+        (false, _) => println!("pairing window:  closed"),
+    }
+}
+
+/// Messages from the sim socket (ARCHITECTURE.md, "Simulated board socket").
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum SimOut {
+    Hello {
+        board: String,
+        #[serde(default)]
+        leds: BTreeMap<LedRole, LedPattern>,
+        now_us: u64,
+    },
+    Led {
+        led: LedRole,
+        pattern: LedPattern,
+        at_us: u64,
+    },
+    Button {
+        button: Button,
+        edge: intrust_board::Edge,
+        at_us: u64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+struct Sim {
+    path: PathBuf,
+    rd: BufReader<tokio::net::unix::OwnedReadHalf>,
+    wr: tokio::net::unix::OwnedWriteHalf,
+    line: Vec<u8>,
+    t0_us: u64,
+}
+
+impl Sim {
+    async fn connect(path: &Path) -> anyhow::Result<(Sim, SimOut)> {
+        let stream = UnixStream::connect(path)
+            .await
+            .with_context(|| format!("cannot connect to the sim board socket {}: is intrustd running with a sim board?", path.display()))?;
+        let (rd, wr) = stream.into_split();
+        let mut sim = Sim { path: path.to_owned(), rd: BufReader::new(rd), wr, line: Vec::new(), t0_us: 0 };
+        let hello = tokio::time::timeout(Duration::from_secs(5), sim.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("{}: no hello from the sim board within 5 s", path.display()))??;
+        match &hello {
+            SimOut::Hello { now_us, .. } => sim.t0_us = *now_us,
+            other => bail!("{}: expected hello, got {other:?}", path.display()),
+        }
+        Ok((sim, hello))
+    }
+
+    async fn next(&mut self) -> anyhow::Result<SimOut> {
+        use intrust_agent::control::{read_line_limited, LineRead};
+        match read_line_limited(&mut self.rd, &mut self.line, MAX_LINE).await? {
+            LineRead::Line => {}
+            LineRead::Eof => bail!("{}: the sim board closed the connection", self.path.display()),
+            LineRead::TooLong => bail!("{}: line longer than {MAX_LINE} bytes", self.path.display()),
+        }
+        let msg: SimOut = serde_json::from_slice(&self.line).with_context(|| {
+            format!("{}: unexpected message {:?}", self.path.display(), String::from_utf8_lossy(&self.line))
+        })?;
+        if let SimOut::Error { message } = &msg {
+            bail!("sim board: {message}");
+        }
+        Ok(msg)
+    }
+
+    async fn send(&mut self, op: &str, button: Button) -> anyhow::Result<()> {
+        let line = format!("{}\n", serde_json::json!({"op": op, "button": button}));
+        self.wr.write_all(line.as_bytes()).await.with_context(|| format!("{}: send failed", self.path.display()))
+    }
+
+    fn stamp(&self, at_us: u64) -> String {
+        let us = at_us.saturating_sub(self.t0_us);
+        format!("{}.{:03}s", us / 1_000_000, (us / 1000) % 1000)
+    }
+
+    /// Waits (bounded) until the agent reports `button`'s `edge`.
+    async fn await_edge(&mut self, button: Button, edge: intrust_board::Edge) -> anyhow::Result<()> {
+        let wait = async {
+            loop {
+                if let SimOut::Button { button: b, edge: e, .. } = self.next().await? {
+                    if b == button && e == edge {
+                        return anyhow::Ok(());
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), wait)
+            .await
+            .map_err(|_| anyhow::anyhow!("the agent did not report the {button} {edge:?} within 2 s"))?
+    }
+}
+
+async fn board(path: &Path, command: BoardCommand) -> anyhow::Result<()> {
+    use intrust_board::Edge;
+    let (mut sim, hello) = Sim::connect(path).await?;
+    match command {
+        BoardCommand::Watch => {
+            if let SimOut::Hello { board, leds, .. } = hello {
+                println!("board {board} ({})", path.display());
+                for (role, p) in &leds {
+                    println!("{} {:<6} {} {p}", sim.stamp(sim.t0_us), role.name(), lit(p));
+                }
+            }
+            loop {
+                match sim.next().await? {
+                    SimOut::Led { led, pattern, at_us } => {
+                        println!("{} {:<6} {} {pattern}", sim.stamp(at_us), led.name(), lit(&pattern))
+                    }
+                    SimOut::Button { button, edge, at_us } => {
+                        println!("{} button {button} {}", sim.stamp(at_us), if edge == Edge::Press { "pressed" } else { "released" })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        BoardCommand::Press { button } => {
+            sim.send("press", button).await?;
+            sim.await_edge(button, Edge::Press).await?;
+        }
+        BoardCommand::Release { button } => {
+            sim.send("release", button).await?;
+            sim.await_edge(button, Edge::Release).await?;
+        }
+        BoardCommand::Tap { button, ms } | BoardCommand::Hold { button, ms } => {
+            sim.send("press", button).await?;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            sim.send("release", button).await?;
+            sim.await_edge(button, Edge::Release).await?;
+        }
+    }
+    Ok(())
+}

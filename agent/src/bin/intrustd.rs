@@ -20,13 +20,29 @@ struct Args {
     check_config: bool,
 }
 
+/// The error and its causes, skipping causes whose text the message already shows.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !out.contains(&s) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&s);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("intrustd: error: {e:#}");
+            // Under systemd, keep the error priority in the journal.
+            let prefix = if logging::stderr_is_journal() { "<3>" } else { "" };
+            eprintln!("{prefix}intrustd: error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
