@@ -3,15 +3,12 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use intrust_agent::control::{ControlClient, Status, MAX_LINE};
-use intrust_board::{Button, LedPattern, LedRole};
-use serde::Deserialize;
-use std::collections::BTreeMap;
+use intrust_agent::control::{ControlClient, Status};
+use intrust_board::sim::{SimClient, SimIn, SimOut};
+use intrust_board::{Button, Edge, LedPattern};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 /// Control a running intrustd.
 #[derive(Debug, Parser)]
@@ -172,46 +169,20 @@ fn print_window(s: &Status) {
     }
 }
 
-/// Messages from the sim socket (ARCHITECTURE.md, "Simulated board socket").
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum SimOut {
-    Hello {
-        board: String,
-        #[serde(default)]
-        leds: BTreeMap<LedRole, LedPattern>,
-        now_us: u64,
-    },
-    Led {
-        led: LedRole,
-        pattern: LedPattern,
-        at_us: u64,
-    },
-    Button {
-        button: Button,
-        edge: intrust_board::Edge,
-        at_us: u64,
-    },
-    Error {
-        message: String,
-    },
-}
-
+/// A sim board connection that turns `error` messages and EOF into errors
+/// and stamps times relative to the hello.
 struct Sim {
     path: PathBuf,
-    rd: BufReader<tokio::net::unix::OwnedReadHalf>,
-    wr: tokio::net::unix::OwnedWriteHalf,
-    line: Vec<u8>,
+    client: SimClient,
     t0_us: u64,
 }
 
 impl Sim {
     async fn connect(path: &Path) -> anyhow::Result<(Sim, SimOut)> {
-        let stream = UnixStream::connect(path)
+        let client = SimClient::connect(path)
             .await
-            .with_context(|| format!("cannot connect to the sim board socket {}: is intrustd running with a sim board?", path.display()))?;
-        let (rd, wr) = stream.into_split();
-        let mut sim = Sim { path: path.to_owned(), rd: BufReader::new(rd), wr, line: Vec::new(), t0_us: 0 };
+            .with_context(|| format!("is intrustd running with a sim board ({})?", path.display()))?;
+        let mut sim = Sim { path: path.to_owned(), client, t0_us: 0 };
         let hello = tokio::time::timeout(Duration::from_secs(5), sim.next())
             .await
             .map_err(|_| anyhow::anyhow!("{}: no hello from the sim board within 5 s", path.display()))??;
@@ -223,24 +194,16 @@ impl Sim {
     }
 
     async fn next(&mut self) -> anyhow::Result<SimOut> {
-        use intrust_agent::control::{read_line_limited, LineRead};
-        match read_line_limited(&mut self.rd, &mut self.line, MAX_LINE).await? {
-            LineRead::Line => {}
-            LineRead::Eof => bail!("{}: the sim board closed the connection", self.path.display()),
-            LineRead::TooLong => bail!("{}: line longer than {MAX_LINE} bytes", self.path.display()),
+        let msg = self.client.next().await.with_context(|| format!("sim board {}", self.path.display()))?;
+        match msg {
+            None => bail!("{}: the sim board closed the connection", self.path.display()),
+            Some(SimOut::Error { message }) => bail!("sim board: {message}"),
+            Some(m) => Ok(m),
         }
-        let msg: SimOut = serde_json::from_slice(&self.line).with_context(|| {
-            format!("{}: unexpected message {:?}", self.path.display(), String::from_utf8_lossy(&self.line))
-        })?;
-        if let SimOut::Error { message } = &msg {
-            bail!("sim board: {message}");
-        }
-        Ok(msg)
     }
 
-    async fn send(&mut self, op: &str, button: Button) -> anyhow::Result<()> {
-        let line = format!("{}\n", serde_json::json!({"op": op, "button": button}));
-        self.wr.write_all(line.as_bytes()).await.with_context(|| format!("{}: send failed", self.path.display()))
+    async fn send(&mut self, op: SimIn) -> anyhow::Result<()> {
+        self.client.send(&op).await.with_context(|| format!("{}: send failed", self.path.display()))
     }
 
     fn stamp(&self, at_us: u64) -> String {
@@ -249,7 +212,7 @@ impl Sim {
     }
 
     /// Waits (bounded) until the agent reports `button`'s `edge`.
-    async fn await_edge(&mut self, button: Button, edge: intrust_board::Edge) -> anyhow::Result<()> {
+    async fn await_edge(&mut self, button: Button, edge: Edge) -> anyhow::Result<()> {
         let wait = async {
             loop {
                 if let SimOut::Button { button: b, edge: e, .. } = self.next().await? {
@@ -266,7 +229,6 @@ impl Sim {
 }
 
 async fn board(path: &Path, command: BoardCommand) -> anyhow::Result<()> {
-    use intrust_board::Edge;
     let (mut sim, hello) = Sim::connect(path).await?;
     match command {
         BoardCommand::Watch => {
@@ -289,17 +251,17 @@ async fn board(path: &Path, command: BoardCommand) -> anyhow::Result<()> {
             }
         }
         BoardCommand::Press { button } => {
-            sim.send("press", button).await?;
+            sim.send(SimIn::Press { button }).await?;
             sim.await_edge(button, Edge::Press).await?;
         }
         BoardCommand::Release { button } => {
-            sim.send("release", button).await?;
+            sim.send(SimIn::Release { button }).await?;
             sim.await_edge(button, Edge::Release).await?;
         }
         BoardCommand::Tap { button, ms } | BoardCommand::Hold { button, ms } => {
-            sim.send("press", button).await?;
+            sim.send(SimIn::Press { button }).await?;
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            sim.send("release", button).await?;
+            sim.send(SimIn::Release { button }).await?;
             sim.await_edge(button, Edge::Release).await?;
         }
     }
