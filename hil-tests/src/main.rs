@@ -11,7 +11,7 @@ use intrust_hil::record::Outcome;
 use intrust_hil::rig::RigFactory;
 use intrust_hil::sim_rig::SimRigFactory;
 use intrust_hil::{bench, scenarios};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -114,7 +114,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 vec![s]
             };
             let factory = factory(&cli)?;
-            let dir = cli.record_dir.clone().unwrap_or_else(default_record_dir);
+            let dir = cli
+                .record_dir
+                .clone()
+                .unwrap_or_else(intrust_hil::record::default_dir);
             let mut all_passed = true;
             for s in chosen {
                 let record = scenarios::run(&*factory, s).await;
@@ -122,7 +125,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let secs = record.duration_ms as f64 / 1000.0;
                 let problem = record
                     .first_problem()
-                    .map(|p| format!(": {p}"))
+                    // One line per scenario: fold multi-line messages (daemon stderr).
+                    .map(|p| format!(": {}", p.split_whitespace().collect::<Vec<_>>().join(" ")))
                     .unwrap_or_default();
                 println!(
                     "{} {} ({secs:.1} s){problem} [{}]",
@@ -162,18 +166,4 @@ fn factory(cli: &Cli) -> anyhow::Result<Box<dyn RigFactory>> {
             )))
         }
     }
-}
-
-/// `target/hil-records`: under `$CARGO_TARGET_DIR`, else the `target`
-/// directory this executable was built into, else `./target`.
-fn default_record_dir() -> PathBuf {
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(t).join("hil-records");
-    }
-    let exe = std::env::current_exe().ok();
-    let target = exe.as_deref().and_then(|e| {
-        e.ancestors()
-            .find(|a| a.file_name().is_some_and(|n| n == "target"))
-    });
-    target.unwrap_or(Path::new("target")).join("hil-records")
 }

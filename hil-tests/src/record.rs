@@ -409,6 +409,20 @@ pub fn rfc3339_utc_ms(unix_ms: u64) -> String {
     )
 }
 
+/// `target/hil-records`: under `$CARGO_TARGET_DIR`, else the `target`
+/// directory the running executable was built into, else `./target`.
+pub fn default_dir() -> PathBuf {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(t).join("hil-records");
+    }
+    let exe = std::env::current_exe().ok();
+    let target = exe.as_deref().and_then(|e| {
+        e.ancestors()
+            .find(|a| a.file_name().is_some_and(|n| n == "target"))
+    });
+    target.unwrap_or(Path::new("target")).join("hil-records")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
