@@ -214,9 +214,26 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, ControlError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("cannot inspect socket path", e)),
     }
-    let listener = UnixListener::bind(path).map_err(|e| io("cannot bind socket", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("cannot set mode 0600 on socket", e))?;
+    // Bind under a temporary name, tighten, then rename into place: the
+    // socket is never reachable with looser permissions.
+    let file_name = path.file_name().ok_or_else(|| {
+        io(
+            "socket path has no file name",
+            io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| io("cannot bind socket", e))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("cannot put socket in place with mode 0600", e));
+    }
     Ok(listener)
 }
 

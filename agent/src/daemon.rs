@@ -8,10 +8,14 @@
 
 use crate::appliance::{Action, Appliance, Input, State};
 use crate::config::Config;
-use crate::control::{ControlRequest, ControlServer, PairingAction, PairingWindow, Request, Response, Status, Versions};
+use crate::control::{
+    ControlRequest, ControlServer, PairingAction, PairingWindow, Request, Response, Status,
+    Versions,
+};
 use crate::gestures::{GestureConfig, Gestures};
 use crate::recovery::Recovery;
 use crate::state_dir::StateDir;
+use anyhow::Context;
 use intrust_board::{ButtonEvent, Led, LedPattern, LedRole, Mono};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,14 +42,62 @@ pub struct BoardHandle {
 /// Resolves the config's board profile (name or path). Errors name the
 /// profile file and line.
 pub fn load_profile(config: &Config) -> anyhow::Result<intrust_board::Profile> {
-    intrust_board::Profile::resolve(&config.board).map_err(|e| anyhow::anyhow!("board profile: {e}"))
+    intrust_board::Profile::resolve(&config.board)
+        .map_err(|e| anyhow::anyhow!("board profile: {e}"))
 }
 
 /// Opens the board the config names. Must run within a tokio runtime.
 pub fn open_board(config: &Config) -> anyhow::Result<BoardHandle> {
+    use intrust_board::profile::{ButtonBackend, LedBackend};
     let profile = load_profile(config)?;
-    // Board::open is not in intrust-board yet.
-    anyhow::bail!("board {:?} ({}): opening boards is not available yet", profile.name, profile.origin)
+    // Interim until `intrust_board::Board::open` exists: all-sim profiles
+    // are served directly with the sim server.
+    let all_sim = profile.leds.iter().all(|l| l.backend == LedBackend::Sim)
+        && profile
+            .buttons
+            .iter()
+            .all(|b| b.backend == ButtonBackend::Sim);
+    if !all_sim {
+        anyhow::bail!(
+            "board {:?} ({}): only simulated boards can be opened so far",
+            profile.name,
+            profile.origin
+        );
+    }
+    if let Some(dir) = config
+        .sim_socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create the directory of the sim socket {}",
+                config.sim_socket.display()
+            )
+        })?;
+    }
+    let (tx, events) = mpsc::channel(64);
+    let sim_cfg = intrust_board::sim::SimConfig {
+        board: profile.name.clone(),
+        leds: profile.leds.iter().map(|l| l.role).collect(),
+        buttons: profile
+            .buttons
+            .iter()
+            .map(|b| (b.role, b.debounce))
+            .collect(),
+    };
+    let (server, sim_leds) = intrust_board::sim::start(&config.sim_socket, &sim_cfg, tx)
+        .map_err(|e| anyhow::anyhow!("board {:?} ({}): {e}", profile.name, profile.origin))?;
+    Ok(BoardHandle {
+        name: profile.name,
+        leds: sim_leds
+            .into_iter()
+            .map(|(r, l)| (r, Box::new(l) as Box<dyn Led>))
+            .collect(),
+        events,
+        sim_socket: Some(server.path().to_owned()),
+        keep_alive: Some(Box::new(server)),
+    })
 }
 
 /// Runs the whole daemon until `shutdown` completes. Returns after a clean
@@ -53,7 +105,14 @@ pub fn open_board(config: &Config) -> anyhow::Result<BoardHandle> {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let state = StateDir::open(&config.state_dir)?;
     let board = open_board(&config)?;
-    serve(&config, state, board, Arc::new(crate::recovery::NotWired), shutdown).await
+    serve(
+        &config,
+        state,
+        board,
+        Arc::new(crate::recovery::NotWired),
+        shutdown,
+    )
+    .await
 }
 
 /// The main loop over an opened state dir and board.
@@ -67,7 +126,13 @@ pub async fn serve(
     let started = Mono::now();
     let device_id = state.device_id()?;
     let paired = state.is_paired()?;
-    let BoardHandle { name: board_name, mut leds, mut events, sim_socket, keep_alive } = board;
+    let BoardHandle {
+        name: board_name,
+        mut leds,
+        mut events,
+        sim_socket,
+        keep_alive,
+    } = board;
 
     let mut gestures = Gestures::new(GestureConfig::from(&config.buttons));
     let mut app = Appliance::new(config.pairing.window());
@@ -84,10 +149,13 @@ pub async fn serve(
         device_id = %device_id,
         board = %board_name,
         control = %config.control_socket.display(),
-        sim = ?sim_socket,
+        sim = %sim_socket.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
         "intrustd {VERSION} ready, {last_state}"
     );
-    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&format!("state: {last_state}"))]);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("state: {last_state}")),
+    ]);
 
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| {
         let mut i = tokio::time::interval((d / 2).max(Duration::from_millis(10)));
@@ -160,11 +228,20 @@ pub async fn serve(
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
         }
-        drive(&mut gestures, &mut app, &mut leds, &mut shown, &mut factory_reset_requests, &recovery);
+        drive(
+            &mut gestures,
+            &mut app,
+            &mut leds,
+            &mut shown,
+            &mut factory_reset_requests,
+            &recovery,
+        );
         let now_state = app.state();
         if now_state != last_state {
             tracing::info!(from = %last_state, to = %now_state, "state changed");
-            notify(&[sd_notify::NotifyState::Status(&format!("state: {now_state}"))]);
+            notify(&[sd_notify::NotifyState::Status(&format!(
+                "state: {now_state}"
+            ))]);
             last_state = now_state;
         }
     }
@@ -220,7 +297,11 @@ fn drive(
 }
 
 /// Sets each LED whose pattern differs from what it shows.
-fn show_leds(state: &State, leds: &mut BTreeMap<LedRole, Box<dyn Led>>, shown: &mut BTreeMap<LedRole, LedPattern>) {
+fn show_leds(
+    state: &State,
+    leds: &mut BTreeMap<LedRole, Box<dyn Led>>,
+    shown: &mut BTreeMap<LedRole, LedPattern>,
+) {
     for (role, led) in leds.iter_mut() {
         let want = state.led(*role);
         if shown.get(role) == Some(&want) {
@@ -267,23 +348,46 @@ mod tests {
             .iter()
             .map(|&r| (r, Box::new(FakeLed(r, log.clone())) as Box<dyn Led>))
             .collect();
-        (BoardHandle { name: "fake".into(), leds, events: rx, sim_socket: None, keep_alive: None }, tx)
+        (
+            BoardHandle {
+                name: "fake".into(),
+                leds,
+                events: rx,
+                sim_socket: None,
+                keep_alive: None,
+            },
+            tx,
+        )
     }
 
     async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
         let t0 = std::time::Instant::now();
         while !f() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
     fn last(log: &Log, role: LedRole) -> Option<LedPattern> {
-        log.lock().unwrap().iter().rev().find(|(r, _)| *r == role).map(|(_, p)| p.clone())
+        log.lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(r, _)| *r == role)
+            .map(|(_, p)| p.clone())
     }
 
     async fn press(tx: &mpsc::Sender<ButtonEvent>, button: Button, edge: Edge) {
-        tx.send(ButtonEvent { button, edge, at: Mono::now() }).await.unwrap();
+        tx.send(ButtonEvent {
+            button,
+            edge,
+            at: Mono::now(),
+        })
+        .await
+        .unwrap();
     }
 
     #[tokio::test]
@@ -309,21 +413,35 @@ mod tests {
             .await
         });
         wait_for("control socket", || config.control_socket.exists()).await;
-        let mut c = ControlClient::connect(&config.control_socket).await.unwrap();
+        let mut c = ControlClient::connect(&config.control_socket)
+            .await
+            .unwrap();
         let s = c.status().await.unwrap();
         assert_eq!(s.state, StateName::Unpaired);
         assert_eq!(s.board, "fake");
         assert_eq!(s.device_id.len(), 32);
-        assert_eq!(s.leds[&LedRole::Status], LedPattern::Blink { on_ms: 500, off_ms: 500 });
+        assert_eq!(
+            s.leds[&LedRole::Status],
+            LedPattern::Blink {
+                on_ms: 500,
+                off_ms: 500
+            }
+        );
         // Booting was shown first.
-        assert_eq!(log.lock().unwrap()[0], (LedRole::Status, State::Booting.led(LedRole::Status)));
+        assert_eq!(
+            log.lock().unwrap()[0],
+            (LedRole::Status, State::Booting.led(LedRole::Status))
+        );
 
         // PAIR tap → pairing window pattern.
         press(&tx, Button::Pair, Edge::Press).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         press(&tx, Button::Pair, Edge::Release).await;
         let pw = State::PairingWindow.led(LedRole::Status);
-        wait_for("pairing pattern", || last(&log, LedRole::Status) == Some(pw.clone())).await;
+        wait_for("pairing pattern", || {
+            last(&log, LedRole::Status) == Some(pw.clone())
+        })
+        .await;
         let s = c.status().await.unwrap();
         assert_eq!(s.state, StateName::PairingWindow);
         assert!(s.pairing_window.open);
@@ -332,13 +450,19 @@ mod tests {
         // Control closes it.
         let s = c.pairing(false).await.unwrap();
         assert_eq!(s.state, StateName::Unpaired);
-        assert_eq!(s.leds[&LedRole::Status], State::Unpaired.led(LedRole::Status));
+        assert_eq!(
+            s.leds[&LedRole::Status],
+            State::Unpaired.led(LedRole::Status)
+        );
 
         // RESET held past arm → fast blink; release → one factory reset.
         let n_before = log.lock().unwrap().len();
         press(&tx, Button::Reset, Edge::Press).await;
         let armed = State::FactoryResetArmed.led(LedRole::Status);
-        wait_for("armed pattern", || last(&log, LedRole::Status) == Some(armed.clone())).await;
+        wait_for("armed pattern", || {
+            last(&log, LedRole::Status) == Some(armed.clone())
+        })
+        .await;
         press(&tx, Button::Reset, Edge::Release).await;
         wait_for("reset recorded", || recovery.calls() == 1).await;
         let s = c.status().await.unwrap();
@@ -346,10 +470,20 @@ mod tests {
         assert_eq!(s.state, StateName::Unpaired);
         // LEDs are only set on change: exactly armed, then back to unpaired.
         let sets: Vec<_> = log.lock().unwrap()[n_before..].to_vec();
-        assert_eq!(sets, vec![(LedRole::Status, armed), (LedRole::Status, State::Unpaired.led(LedRole::Status))]);
+        assert_eq!(
+            sets,
+            vec![
+                (LedRole::Status, armed),
+                (LedRole::Status, State::Unpaired.led(LedRole::Status))
+            ]
+        );
 
         stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), daemon).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), daemon)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert!(!config.control_socket.exists());
         assert_eq!(last(&log, LedRole::Status), Some(LedPattern::Off));
         assert_eq!(last(&log, LedRole::Link), Some(LedPattern::Off));
@@ -374,10 +508,19 @@ mod tests {
             .await
         });
         wait_for("control socket", || config.control_socket.exists()).await;
-        let s = ControlClient::connect(&config.control_socket).await.unwrap().status().await.unwrap();
+        let s = ControlClient::connect(&config.control_socket)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
         assert_eq!(s.state, StateName::Paired);
         assert_eq!(s.leds[&LedRole::Status], LedPattern::On);
         stop_tx.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), daemon).await.unwrap().unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), daemon)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }

@@ -15,7 +15,11 @@ use std::time::Duration;
 #[command(name = "intrustctl", version)]
 struct Args {
     /// The agent's control socket.
-    #[arg(long, value_name = "PATH", default_value = "/run/intrustd/control.sock")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/intrustd/control.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -83,7 +87,10 @@ fn report(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("intrustctl: error: cannot start the async runtime: {e}");
@@ -110,10 +117,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Pairing { action } => {
-            let status = ControlClient::connect(&args.socket).await?.pairing(action == "open").await?;
+            let status = ControlClient::connect(&args.socket)
+                .await?
+                .pairing(action == "open")
+                .await?;
             print_window(&status);
         }
-        Command::Board { sim_socket, command } => {
+        Command::Board {
+            sim_socket,
+            command,
+        } => {
             let sim = match sim_socket {
                 Some(p) => p,
                 None => {
@@ -153,17 +166,26 @@ fn print_status(s: &Status) {
         println!("{label:<17}{:<7}{} {p}", role.name(), lit(p));
     }
     print_window(s);
-    println!("factory resets:  {} requested (not wired to recovery yet)", s.factory_reset_requests);
+    println!(
+        "factory resets:  {} requested (not wired to recovery yet)",
+        s.factory_reset_requests
+    );
     if let Some(p) = &s.sim_socket {
         println!("sim socket:      {}", p.display());
     }
     println!("uptime:          {:.1} s", s.uptime_ms as f64 / 1000.0);
-    println!("versions:        intrustd {}, control protocol {}", s.versions.intrustd, s.versions.control_protocol);
+    println!(
+        "versions:        intrustd {}, control protocol {}",
+        s.versions.intrustd, s.versions.control_protocol
+    );
 }
 
 fn print_window(s: &Status) {
     match (s.pairing_window.open, s.pairing_window.closes_in_ms) {
-        (true, Some(ms)) => println!("pairing window:  open, closes in {:.0} s", ms as f64 / 1000.0),
+        (true, Some(ms)) => println!(
+            "pairing window:  open, closes in {:.0} s",
+            ms as f64 / 1000.0
+        ),
         (true, None) => println!("pairing window:  open"),
         (false, _) => println!("pairing window:  closed"),
     }
@@ -179,13 +201,19 @@ struct Sim {
 
 impl Sim {
     async fn connect(path: &Path) -> anyhow::Result<(Sim, SimOut)> {
-        let client = SimClient::connect(path)
-            .await
-            .with_context(|| format!("is intrustd running with a sim board ({})?", path.display()))?;
-        let mut sim = Sim { path: path.to_owned(), client, t0_us: 0 };
+        let client = SimClient::connect(path).await.with_context(|| {
+            format!("is intrustd running with a sim board ({})?", path.display())
+        })?;
+        let mut sim = Sim {
+            path: path.to_owned(),
+            client,
+            t0_us: 0,
+        };
         let hello = tokio::time::timeout(Duration::from_secs(5), sim.next())
             .await
-            .map_err(|_| anyhow::anyhow!("{}: no hello from the sim board within 5 s", path.display()))??;
+            .map_err(|_| {
+                anyhow::anyhow!("{}: no hello from the sim board within 5 s", path.display())
+            })??;
         match &hello {
             SimOut::Hello { now_us, .. } => sim.t0_us = *now_us,
             other => bail!("{}: expected hello, got {other:?}", path.display()),
@@ -194,16 +222,26 @@ impl Sim {
     }
 
     async fn next(&mut self) -> anyhow::Result<SimOut> {
-        let msg = self.client.next().await.with_context(|| format!("sim board {}", self.path.display()))?;
+        let msg = self
+            .client
+            .next()
+            .await
+            .with_context(|| format!("sim board {}", self.path.display()))?;
         match msg {
-            None => bail!("{}: the sim board closed the connection", self.path.display()),
+            None => bail!(
+                "{}: the sim board closed the connection",
+                self.path.display()
+            ),
             Some(SimOut::Error { message }) => bail!("sim board: {message}"),
             Some(m) => Ok(m),
         }
     }
 
     async fn send(&mut self, op: SimIn) -> anyhow::Result<()> {
-        self.client.send(&op).await.with_context(|| format!("{}: send failed", self.path.display()))
+        self.client
+            .send(&op)
+            .await
+            .with_context(|| format!("{}: send failed", self.path.display()))
     }
 
     fn stamp(&self, at_us: u64) -> String {
@@ -215,7 +253,10 @@ impl Sim {
     async fn await_edge(&mut self, button: Button, edge: Edge) -> anyhow::Result<()> {
         let wait = async {
             loop {
-                if let SimOut::Button { button: b, edge: e, .. } = self.next().await? {
+                if let SimOut::Button {
+                    button: b, edge: e, ..
+                } = self.next().await?
+                {
                     if b == button && e == edge {
                         return anyhow::Ok(());
                     }
@@ -224,7 +265,9 @@ impl Sim {
         };
         tokio::time::timeout(Duration::from_secs(2), wait)
             .await
-            .map_err(|_| anyhow::anyhow!("the agent did not report the {button} {edge:?} within 2 s"))?
+            .map_err(|_| {
+                anyhow::anyhow!("the agent did not report the {button} {edge:?} within 2 s")
+            })?
     }
 }
 
@@ -240,11 +283,32 @@ async fn board(path: &Path, command: BoardCommand) -> anyhow::Result<()> {
             }
             loop {
                 match sim.next().await? {
-                    SimOut::Led { led, pattern, at_us } => {
-                        println!("{} {:<6} {} {pattern}", sim.stamp(at_us), led.name(), lit(&pattern))
+                    SimOut::Led {
+                        led,
+                        pattern,
+                        at_us,
+                    } => {
+                        println!(
+                            "{} {:<6} {} {pattern}",
+                            sim.stamp(at_us),
+                            led.name(),
+                            lit(&pattern)
+                        )
                     }
-                    SimOut::Button { button, edge, at_us } => {
-                        println!("{} button {button} {}", sim.stamp(at_us), if edge == Edge::Press { "pressed" } else { "released" })
+                    SimOut::Button {
+                        button,
+                        edge,
+                        at_us,
+                    } => {
+                        println!(
+                            "{} button {button} {}",
+                            sim.stamp(at_us),
+                            if edge == Edge::Press {
+                                "pressed"
+                            } else {
+                                "released"
+                            }
+                        )
                     }
                     _ => {}
                 }

@@ -41,7 +41,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Under systemd, keep the error priority in the journal.
-            let prefix = if logging::stderr_is_journal() { "<3>" } else { "" };
+            let prefix = if logging::stderr_is_journal() {
+                "<3>"
+            } else {
+                ""
+            };
             eprintln!("{prefix}intrustd: error: {}", report(&e));
             ExitCode::FAILURE
         }
