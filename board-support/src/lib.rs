@@ -7,6 +7,7 @@
 //! kernel's CLOCK_MONOTONIC, so kernel edge timestamps and our own agree.
 
 mod blinker;
+mod board;
 mod button_task;
 pub mod debounce;
 pub mod evdev;
@@ -17,10 +18,12 @@ pub mod profile;
 pub mod sim;
 pub mod sysfs;
 
+pub use board::{Board, BoardOptions, EVENT_CHANNEL};
 pub use debounce::Debouncer;
 pub use mono::Mono;
 pub use pattern::{LedPattern, Step, MAX_STEPS};
 pub use profile::{Profile, ProfileError};
+pub use sim::SimServerHandle;
 
 use serde::{Deserialize, Serialize};
 
