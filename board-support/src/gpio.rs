@@ -10,7 +10,7 @@ use crate::blinker::Blinker;
 use crate::button_task::{self, RawEdge};
 use crate::profile::Bias;
 use crate::{BoardError, Button, ButtonEvent, Led, LedPattern, Mono};
-use gpiocdev::line::{EdgeDetection, EdgeKind, Value};
+use gpiocdev::line::{EdgeDetection, EdgeKind, EventClock, Value};
 use gpiocdev::request::Request;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -203,7 +203,9 @@ pub fn spawn_button(
             .with_consumer(CONSUMER)
             .with_line(cfg.line)
             .as_input()
-            .with_edge_detection(EdgeDetection::BothEdges);
+            .with_edge_detection(EdgeDetection::BothEdges)
+            // The uAPI v2 default, made explicit: timestamps must be `Mono`.
+            .with_event_clock(EventClock::Monotonic);
         match cfg.bias {
             Bias::AsIs => {}
             Bias::PullUp => {

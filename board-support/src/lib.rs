@@ -5,6 +5,28 @@
 //! (GPIO character device, sysfs LED class, evdev, the simulated board) is
 //! decided once, from a board [`profile`]. Timestamps are [`Mono`]: the
 //! kernel's CLOCK_MONOTONIC, so kernel edge timestamps and our own agree.
+//!
+//! Entry point for the agent: [`Profile::resolve`] (a built-in name or a
+//! path), then [`Board::open`], which must run inside a tokio runtime:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use intrust_board::{Board, BoardOptions, LedPattern, LedRole, Profile};
+//! let profile = Profile::resolve("sim")?;
+//! let opts = BoardOptions { sim_socket: Some("/run/intrustd/board.sock".into()), ..Default::default() };
+//! let mut board = Board::open(&profile, &opts)?;
+//! if let Some(led) = board.leds.get_mut(&LedRole::Status) {
+//!     led.set(&LedPattern::blink_hz(1))?;
+//! }
+//! while let Some(ev) = board.events.recv().await {
+//!     println!("{} {:?} at {:?}", ev.button, ev.edge, ev.at);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`profile`] (TOML board profiles), [`debounce`] (sans-IO
+//! debouncer), backends [`gpio`], [`sysfs`], [`evdev`], [`sim`] (simulated
+//! board socket, its wire types and a client).
 
 mod blinker;
 mod board;
@@ -107,6 +129,7 @@ impl std::str::FromStr for LedRole {
     }
 }
 
+/// Which way a button moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Edge {
