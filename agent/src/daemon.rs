@@ -393,12 +393,17 @@ mod tests {
     #[tokio::test]
     async fn daemon_loop_end_to_end_with_a_fake_board() {
         let t = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.state_dir = t.path().join("state");
-        config.control_socket = t.path().join("control.sock");
-        config.buttons.pair_min_ms = 1;
-        config.buttons.reset_arm_ms = 200;
-        config.buttons.reset_cancel_ms = 5000;
+        let config = Config {
+            state_dir: t.path().join("state"),
+            control_socket: t.path().join("control.sock"),
+            buttons: crate::config::ButtonsConfig {
+                pair_min_ms: 1,
+                pair_max_ms: 3000,
+                reset_arm_ms: 200,
+                reset_cancel_ms: 5000,
+            },
+            ..Config::default()
+        };
         let log: Log = Default::default();
         let (board, tx) = fake_board(&log);
         let recovery = Arc::new(Recorded::default());
@@ -492,9 +497,11 @@ mod tests {
     #[tokio::test]
     async fn paired_marker_boots_to_paired() {
         let t = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.state_dir = t.path().join("state");
-        config.control_socket = t.path().join("control.sock");
+        let config = Config {
+            state_dir: t.path().join("state"),
+            control_socket: t.path().join("control.sock"),
+            ..Config::default()
+        };
         let state = StateDir::open(&config.state_dir).unwrap();
         state.write(crate::state_dir::PAIRED_FILE, b"").unwrap();
         let log: Log = Default::default();
