@@ -49,6 +49,8 @@ pub fn run(root: &Path, cross: bool) -> Result<()> {
                 "test",
                 "--workspace",
                 "--all-targets",
+                // Every test binary runs, so one CI run reports all failures.
+                "--no-fail-fast",
             ]))?;
             Ok(Outcome::Done)
         });
