@@ -19,7 +19,7 @@ use anyhow::Context;
 use intrust_board::{ButtonEvent, Led, LedPattern, LedRole, Mono};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -48,25 +48,11 @@ pub fn load_profile(config: &Config) -> anyhow::Result<intrust_board::Profile> {
 
 /// Opens the board the config names. Must run within a tokio runtime.
 pub fn open_board(config: &Config) -> anyhow::Result<BoardHandle> {
-    use intrust_board::profile::{ButtonBackend, LedBackend};
     let profile = load_profile(config)?;
-    // Interim until `intrust_board::Board::open` exists: all-sim profiles
-    // are served directly with the sim server.
-    let all_sim = profile.leds.iter().all(|l| l.backend == LedBackend::Sim)
-        && profile
-            .buttons
-            .iter()
-            .all(|b| b.backend == ButtonBackend::Sim);
-    if !all_sim {
-        anyhow::bail!(
-            "board {:?} ({}): only simulated boards can be opened so far",
-            profile.name,
-            profile.origin
-        );
-    }
-    if let Some(dir) = config
-        .sim_socket
-        .parent()
+    let sim_socket = profile.uses_sim().then(|| config.sim_socket.clone());
+    if let Some(dir) = sim_socket
+        .as_deref()
+        .and_then(Path::parent)
         .filter(|d| !d.as_os_str().is_empty())
     {
         std::fs::create_dir_all(dir).with_context(|| {
@@ -76,27 +62,20 @@ pub fn open_board(config: &Config) -> anyhow::Result<BoardHandle> {
             )
         })?;
     }
-    let (tx, events) = mpsc::channel(64);
-    let sim_cfg = intrust_board::sim::SimConfig {
-        board: profile.name.clone(),
-        leds: profile.leds.iter().map(|l| l.role).collect(),
-        buttons: profile
-            .buttons
-            .iter()
-            .map(|b| (b.role, b.debounce))
-            .collect(),
+    let opts = intrust_board::BoardOptions {
+        root: config.board_root.clone(),
+        sim_socket,
     };
-    let (server, sim_leds) = intrust_board::sim::start(&config.sim_socket, &sim_cfg, tx)
-        .map_err(|e| anyhow::anyhow!("board {:?} ({}): {e}", profile.name, profile.origin))?;
+    // BoardError messages already name the profile and the hardware.
+    let board = intrust_board::Board::open(&profile, &opts).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(BoardHandle {
-        name: profile.name,
-        leds: sim_leds
-            .into_iter()
-            .map(|(r, l)| (r, Box::new(l) as Box<dyn Led>))
-            .collect(),
-        events,
-        sim_socket: Some(server.path().to_owned()),
-        keep_alive: Some(Box::new(server)),
+        name: board.name,
+        leds: board.leds,
+        events: board.events,
+        sim_socket: board.sim.as_ref().map(|s| s.path().to_owned()),
+        keep_alive: board
+            .sim
+            .map(|s| Box::new(s) as Box<dyn std::any::Any + Send>),
     })
 }
 
