@@ -87,17 +87,25 @@ impl Drop for Agent {
 }
 
 fn spawn(config: &Path, stderr: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_intrustd"))
-        .arg("--config")
+    spawn_env(config, std::fs::File::create(stderr).unwrap(), &[])
+}
+
+fn spawn_env(config: &Path, stderr: std::fs::File, env: &[(&str, String)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_intrustd"));
+    cmd.arg("--config")
         .arg(config)
         .env_remove("NOTIFY_SOCKET")
         .env_remove("JOURNAL_STREAM")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(stderr).unwrap())
-        .spawn()
-        .unwrap()
+        .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
 }
 
 fn wait_bounded(child: &mut Child) -> std::process::ExitStatus {
@@ -315,7 +323,12 @@ async fn reset_hold_arms_and_release_requests_a_factory_reset() {
     .await;
     let s = agent.status().await;
     assert_eq!(s.factory_reset_requests, 1);
-    assert!(agent.stderr().contains("not wired"), "{}", agent.stderr());
+    // The reset runs on a blocking thread: its warning may come a moment later.
+    let t0 = Instant::now();
+    while !agent.stderr().contains("not wired") {
+        assert!(t0.elapsed() < WAIT, "{}", agent.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(agent.terminate().code(), Some(0));
 }
 
@@ -429,5 +442,84 @@ async fn intrustctl_status_pairing_and_tap() {
     ctl(&["pairing", "close"]);
     ctl(&["board", "tap", "pair", "--ms", "100"]);
     assert_eq!(agent.status().await.state, StateName::PairingWindow);
+    assert_eq!(agent.terminate().code(), Some(0));
+}
+
+#[test]
+fn systemd_ready_status_watchdog_and_journal_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, Agent::config_text(dir.path(), "")).unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let meta = stderr.metadata().unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", notify_path.display().to_string()),
+        ("WATCHDOG_USEC", "200000".to_string()),
+        ("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino())),
+    ];
+    let mut child = spawn_env(&config, stderr, &env);
+    let mut seen = String::new();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("READY=1")
+        && seen.contains("STATUS=state: unpaired")
+        && seen.contains("WATCHDOG=1"))
+    {
+        assert!(t0.elapsed() < WAIT, "notifications so far: {seen:?}");
+        if let Ok(n) = notify.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_bounded(&mut child).code(), Some(0));
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(log.lines().count() >= 2, "{log}");
+    for line in log.lines() {
+        assert!(
+            line.starts_with("<6>") || line.starts_with("<4>"),
+            "no priority prefix: {line:?}\n{log}"
+        );
+        assert!(!line.contains('\x1b'), "ANSI in journal output: {line:?}");
+    }
+}
+
+#[tokio::test]
+async fn control_socket_refuses_other_users() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to connect as another uid");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let mut agent = Agent::start("").await;
+    // Open the path to everyone, so only the SO_PEERCRED check stands in the way.
+    for p in [
+        agent.dir.path().to_owned(),
+        agent.dir.path().join("run"),
+        agent.control(),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_intrustctl"))
+        .arg("--socket")
+        .arg(agent.control())
+        .arg("status")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("permission denied: uid 65534"), "{err}");
+    assert_eq!(agent.status().await.state, StateName::Unpaired);
     assert_eq!(agent.terminate().code(), Some(0));
 }
