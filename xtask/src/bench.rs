@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::cmd::{self, say};
 use crate::cross;
@@ -82,19 +82,57 @@ fn footprint(root: &Path) -> Result<()> {
     cross::install()?;
     let bins = cross::build_dist(root)?;
     for b in bins.iter().filter(|b| b.name != "intrust-hil") {
-        let line = json!({
-            "bench": "footprint",
-            "metric": format!("size_{}_mib", b.name),
-            "value": (b.mib() * 1000.0).round() / 1000.0,
-            "unit": "MiB",
-            "better": "lower",
-            "baseline": null,
-            "baseline_value": null,
-            "ratio": null,
-            "runs": 1,
-            "note": format!("{} release build, stripped ({} bytes)", cross::TARGET, b.bytes),
-        });
+        let line = figure(&[
+            ("bench", json!("footprint")),
+            ("metric", json!(format!("size_{}_mib", b.name))),
+            ("value", json!((b.mib() * 1000.0).round() / 1000.0)),
+            ("unit", json!("MiB")),
+            ("better", json!("lower")),
+            ("baseline", Value::Null),
+            ("baseline_value", Value::Null),
+            ("ratio", Value::Null),
+            ("runs", json!(1)),
+            (
+                "note",
+                json!(format!(
+                    "{} release build, stripped ({} bytes)",
+                    cross::TARGET,
+                    b.bytes
+                )),
+            ),
+        ]);
         println!("{line}");
     }
     Ok(())
+}
+
+/// One JSON object with the keys in BENCH.md's order (serde_json's map
+/// would sort them).
+fn figure(fields: &[(&str, Value)]) -> String {
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figure_keeps_key_order_and_is_valid_json() {
+        let line = figure(&[
+            ("bench", json!("footprint")),
+            ("metric", json!("size_\"x\"_mib")),
+            ("value", json!(1.5)),
+            ("ratio", Value::Null),
+        ]);
+        assert_eq!(
+            line,
+            r#"{"bench":"footprint","metric":"size_\"x\"_mib","value":1.5,"ratio":null}"#
+        );
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["value"], json!(1.5));
+    }
 }
