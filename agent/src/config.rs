@@ -142,8 +142,14 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("{}: {message}", path.display())]
-    Invalid { path: PathBuf, message: String },
+    /// A value that parses but makes no sense; `line` is where the
+    /// offending key is set, if it is set in the file at all.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 impl Config {
@@ -171,6 +177,7 @@ impl Config {
             }
         })?;
         config.validate().map_err(|message| ConfigError::Invalid {
+            line: key_line(text, &message),
             path: path.to_owned(),
             message,
         })?;
@@ -213,6 +220,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The line where the key a validation message starts with (`table.key` or
+/// `key`) is set, found by a plain scan of the (already parsed) text.
+fn key_line(text: &str, message: &str) -> Option<usize> {
+    let field = message.split_whitespace().next()?;
+    let (table, key) = match field.split_once('.') {
+        Some((t, k)) => (t, k),
+        None => ("", field),
+    };
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = h.trim().to_owned();
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim();
+        if (current == table && k == key) || (current.is_empty() && k == field) {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
