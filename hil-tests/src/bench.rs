@@ -3,7 +3,7 @@
 
 use crate::rig::{DutSettings, RigFactory};
 use crate::taps::{percentile, run_taps, TapRun};
-use serde_json::json;
+use serde::Serialize;
 use std::time::Duration;
 
 /// Tap length for the benchmark: just over the 50 ms a PAIR press needs.
@@ -21,16 +21,44 @@ pub async fn board(factory: &dyn RigFactory, presses: usize) -> anyhow::Result<T
     .await
 }
 
+/// One figure in the format of BENCH.md (fields in its order).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchLine {
+    pub bench: &'static str,
+    pub metric: &'static str,
+    pub value: Option<f64>,
+    pub unit: &'static str,
+    pub better: &'static str,
+    pub baseline: Option<String>,
+    pub baseline_value: Option<f64>,
+    pub ratio: Option<f64>,
+    pub runs: usize,
+    pub note: String,
+}
+
+impl std::fmt::Display for BenchLine {
+    /// The line as printed: one JSON object, no newline.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
 /// The BENCH.md lines for a run, in print order.
-pub fn lines(run: &TapRun, presses: usize) -> Vec<serde_json::Value> {
+pub fn lines(run: &TapRun, presses: usize) -> Vec<BenchLine> {
     let dut = run.dut_ms();
     let e2e = run.e2e_ms();
-    let line = |metric: &str, value: Option<f64>, note: String| {
-        json!({
-            "bench": "board", "metric": metric, "value": value.map(round3), "unit": "ms",
-            "better": "lower", "baseline": null, "baseline_value": null, "ratio": null,
-            "runs": presses, "note": note,
-        })
+    let line = |metric: &'static str, value: Option<f64>, note: String| BenchLine {
+        bench: "board",
+        metric,
+        value: value.map(round3),
+        unit: "ms",
+        better: "lower",
+        baseline: None,
+        baseline_value: None,
+        ratio: None,
+        runs: presses,
+        note,
     };
     let server = format!(
         "sim board, {} PAIR taps of {} ms ({} timed, {} missed): debounced release edge to LED change, intrustd's own timestamps",
@@ -102,7 +130,17 @@ mod tests {
             missed: 0,
             elapsed: Duration::from_secs(1),
         };
-        let lines = lines(&run, 100);
+        let printed: Vec<String> = lines(&run, 100).iter().map(|l| l.to_string()).collect();
+        // BENCH.md's field order, one object per line.
+        assert!(
+            printed[0].starts_with(r#"{"bench":"board","metric":"button_to_led_p50_ms","value":0.5,"unit":"ms","better":"lower","#),
+            "{}",
+            printed[0]
+        );
+        let lines: Vec<serde_json::Value> = printed
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let metrics: Vec<_> = lines
             .iter()
             .map(|l| l["metric"].as_str().unwrap().to_owned())
@@ -123,8 +161,7 @@ mod tests {
                 l["baseline"].is_null() && l["baseline_value"].is_null() && l["ratio"].is_null()
             );
             assert!(!l["note"].as_str().unwrap().is_empty());
-            // One line of JSON each.
-            assert!(!serde_json::to_string(l).unwrap().contains('\n'));
+            assert_eq!(l["better"], "lower");
         }
         assert_eq!(lines[0]["value"], 0.5);
         assert_eq!(lines[1]["value"], 0.99);

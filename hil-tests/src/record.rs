@@ -298,7 +298,10 @@ impl Recorder {
             (Some(v), Some(l)) => l.contains(v),
             (None, Some(_)) => false,
         };
+        // Microsecond resolution for seconds, nanoseconds for milliseconds:
+        // more digits are float noise.
         let value = value
+            .map(|v| (v * 1e6).round() / 1e6)
             .and_then(serde_json::Number::from_f64)
             .map_or(serde_json::Value::Null, serde_json::Value::Number);
         self.push(Measurement {

@@ -8,9 +8,9 @@
 
 use crate::expect;
 use crate::record::{DutRecord, Limits, Record, Recorder, RigRecord};
-use crate::rig::{sleep_until, BoxFuture, DutSettings, Rig, RigFactory};
+use crate::rig::{sleep_until, BoxFuture, DutSettings, Observation, Rig, RigFactory};
 use crate::taps::{percentile, run_taps};
-use intrust_board::{Button, LedPattern, LedRole, Mono};
+use intrust_board::{Button, Edge, LedPattern, LedRole, Mono};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -40,6 +40,10 @@ pub const LATENCY_P99_LIMIT_MS: f64 = 5.0;
 const ARMED_WINDOW_S: (f64, f64) = (4.9, 5.6);
 /// Armed reset cancelled this long after pressing RESET (configured: 30 s).
 const CANCEL_WINDOW_S: (f64, f64) = (29.9, 30.6);
+/// The same two delays on the DUT's clock, from its debounced press edge:
+/// no transport in between, so tighter.
+const ARMED_DUT_S: (f64, f64) = (4.95, 5.3);
+const CANCEL_DUT_S: (f64, f64) = (29.95, 30.3);
 
 fn default_settings() -> DutSettings {
     DutSettings::default()
@@ -254,12 +258,7 @@ pub async fn pair_window(rig: &dyn Rig, rec: &mut Recorder) -> anyhow::Result<()
         "s",
         Some(Limits::between(window - 0.1, window + 0.6)),
     );
-    if let (Some(c), Some(from), Some(to)) = (
-        &closed,
-        shown.dut_at_us,
-        closed.as_ref().and_then(|c| c.dut_at_us),
-    ) {
-        let _ = c;
+    if let (Some(from), Some(to)) = (shown.dut_at_us, closed.as_ref().and_then(|c| c.dut_at_us)) {
         rec.measure(
             "window_open_dut_s",
             Some(to.saturating_sub(from) as f64 / 1e6),
@@ -271,6 +270,33 @@ pub async fn pair_window(rig: &dyn Rig, rec: &mut Recorder) -> anyhow::Result<()
     rec.check_eq("pairing_window_open", &st.pairing_window_open, &false);
     rec.check_eq("state", &st.state.as_str(), &"unpaired");
     Ok(())
+}
+
+/// Where the rig sees the DUT's own timestamps: seconds from the debounced
+/// RESET press (reported after `pressed`) to the LED change `led`.
+fn measure_dut_delay(
+    rig: &dyn Rig,
+    rec: &mut Recorder,
+    name: &str,
+    pressed: Mono,
+    led: &Observation,
+    limits: (f64, f64),
+) {
+    let Some(edges) = rig.dut_edges_since(pressed) else {
+        return;
+    };
+    let edge = edges
+        .iter()
+        .find(|e| e.button == Button::Reset && e.edge == Edge::Press);
+    if let (Some(edge), Some(led_us)) = (edge, led.dut_at_us) {
+        let secs = led_us.saturating_sub(edge.dut_at_us) as f64 / 1e6;
+        rec.measure(
+            name,
+            Some(secs),
+            "s",
+            Some(Limits::between(limits.0, limits.1)),
+        );
+    }
 }
 
 /// Presses RESET and waits for the armed pattern; records when it came.
@@ -294,6 +320,9 @@ async fn press_reset_until_armed(
         "s",
         Some(Limits::between(ARMED_WINDOW_S.0, ARMED_WINDOW_S.1)),
     );
+    if let Some(a) = &armed {
+        measure_dut_delay(rig, rec, "armed_after_dut_s", pressed, a, ARMED_DUT_S);
+    }
     if armed.is_none() {
         let now = rig.current(LedRole::Status).await?;
         rec.note(format!(
@@ -379,6 +408,9 @@ pub async fn reset_cancel(rig: &dyn Rig, rec: &mut Recorder) -> anyhow::Result<(
         "s",
         Some(Limits::between(CANCEL_WINDOW_S.0, CANCEL_WINDOW_S.1)),
     );
+    if let Some(b) = &back {
+        measure_dut_delay(rig, rec, "cancelled_after_dut_s", pressed, b, CANCEL_DUT_S);
+    }
     let now = rig.current(LedRole::Status).await?;
     rec.check(
         "status_led",
