@@ -182,6 +182,10 @@ impl Daemon {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
     /// The exit status if the process has ended.
     pub fn exited(&self) -> Option<ExitStatus> {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());

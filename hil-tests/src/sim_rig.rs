@@ -237,6 +237,11 @@ impl SimRig {
         })
     }
 
+    /// The daemon's process id (of the launcher, when there is one).
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// The DUT's files (config, captured output, sockets).
     pub fn paths(&self) -> &DutPaths {
         &self.paths
