@@ -1,3 +1,25 @@
 //! A/B slots, boot counting, rollback, signed update bundles and factory
-//! reset. Not built yet: the agent's `Recovery` trait (in `intrust-agent`)
-//! is what this crate will implement for the agent.
+//! reset. Built so far: the bootloader environment layer and the
+//! boot-selection model; bundles, install and the agent's `Recovery` trait
+//! (in `intrust-agent`) come in later slices.
+//!
+//! - [`storage`]: the device or file an environment lives on (positional
+//!   read/write and fsync), small enough to wrap in a crash recorder.
+//! - [`env`]: environment variables as a validated map, shared by both
+//!   bootloaders.
+//! - [`uboot_env`]: U-Boot's on-disk environment (CRC32, single or redundant
+//!   copies with a flag byte), configured like `fw_env.config`, compatible
+//!   with `fw_printenv`/`fw_setenv` (libubootenv) both ways.
+//! - [`grubenv`]: GRUB's 1024-byte environment block.
+//! - [`boot`]: the sans-IO boot-selection model (`BOOT_ORDER`,
+//!   `BOOT_x_LEFT`, as RAUC's U-Boot integration does it) with `activate`,
+//!   `mark_good` and `mark_bad`; each is one change to one environment, so
+//!   the caller stores it with one atomic write.
+
+pub mod boot;
+pub mod env;
+pub mod grubenv;
+pub mod storage;
+pub mod uboot_env;
+
+pub use env::{Env, VarError};
