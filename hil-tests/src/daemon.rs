@@ -240,39 +240,69 @@ fn read_tail(path: &Path, max: u64) -> std::io::Result<String> {
     })
 }
 
-/// In tests: makes sure `target/…/intrustd` is built and current, by running
-/// `cargo build -p intrust-agent --bin intrustd` (a no-op when it is), unless
+/// In tests: makes sure the `intrustd` next to the test binary is built and
+/// current, by running `cargo build -p intrust-agent --bin intrustd` for the
+/// same profile and target directory (a no-op when it is), unless
 /// `$INTRUST_HIL_INTRUSTD` names a binary. Returns the binary's path.
 pub fn build_intrustd_for_tests() -> anyhow::Result<PathBuf> {
     if std::env::var_os(INTRUSTD_ENV).is_some() {
         return locate_intrustd(None);
     }
+    let exe = std::env::current_exe().context("cannot find the running test executable")?;
+    let mut args: Vec<std::ffi::OsString> = [
+        "build",
+        "--quiet",
+        "-p",
+        "intrust-agent",
+        "--bin",
+        "intrustd",
+    ]
+    .map(Into::into)
+    .to_vec();
+    if let Some((target_dir, profile)) = build_dirs(&exe) {
+        args.extend([
+            "--profile".into(),
+            profile.into(),
+            "--target-dir".into(),
+            target_dir.into(),
+        ]);
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let shown = format!(
+        "{} {}",
+        cargo.to_string_lossy(),
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let out = Command::new(&cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "intrust-agent",
-            "--bin",
-            "intrustd",
-        ])
+        .args(&args)
         .stdin(Stdio::null())
         .output()
-        .with_context(|| {
-            format!(
-                "cannot run `{} build -p intrust-agent --bin intrustd` to build intrustd",
-                cargo.to_string_lossy()
-            )
-        })?;
+        .with_context(|| format!("cannot run `{shown}` to build intrustd for the HIL scenarios"))?;
     if !out.status.success() {
         bail!(
-            "`cargo build -p intrust-agent --bin intrustd` failed ({}), so the HIL scenarios cannot run:\n{}",
+            "`{shown}` failed ({}), so the HIL scenarios cannot run:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }
     locate_intrustd(None)
+}
+
+/// The target directory and cargo profile a binary at `exe` was built in:
+/// `<target>/<debug|release|profile>/[deps/]<exe>`.
+fn build_dirs(exe: &Path) -> Option<(PathBuf, String)> {
+    let mut dir = exe.parent()?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent()?;
+    }
+    let profile = match dir.file_name()?.to_str()? {
+        "debug" => "dev".to_owned(),
+        other => other.to_owned(),
+    };
+    Some((dir.parent()?.to_owned(), profile))
 }
 
 #[cfg(test)]
@@ -296,6 +326,18 @@ mod tests {
         assert!(
             err.contains("--intrustd") && err.contains("/nonexistent/intrustd"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn tests_build_intrustd_in_their_own_profile_and_target_dir() {
+        assert_eq!(
+            build_dirs(Path::new("/w/target/debug/deps/scenarios-1")).unwrap(),
+            (PathBuf::from("/w/target"), "dev".to_owned())
+        );
+        assert_eq!(
+            build_dirs(Path::new("/t/release/deps/scenarios-1")).unwrap(),
+            (PathBuf::from("/t"), "release".to_owned())
         );
     }
 
