@@ -97,8 +97,13 @@ fn main() -> ExitCode {
 }
 
 fn list() -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for s in scenarios::SCENARIOS {
-        println!("{:<18} {}", s.name, s.summary);
+        // A closed pipe (`| head`) is not an error worth a panic.
+        if writeln!(out, "{:<18} {}", s.name, s.summary).is_err() {
+            break;
+        }
     }
     ExitCode::SUCCESS
 }
