@@ -15,8 +15,11 @@
 //!   `BOOT_x_LEFT`, as RAUC's U-Boot integration does it) with `activate`,
 //!   `mark_good` and `mark_bad`; each is one change to one environment, so
 //!   the caller stores it with one atomic write.
+//! - [`bundle`]: signed update bundles (format in `BUNDLE.md`): create,
+//!   and a streaming reader that verifies before handing out payload bytes.
 
 pub mod boot;
+pub mod bundle;
 pub mod env;
 pub mod grubenv;
 pub mod storage;
