@@ -17,9 +17,12 @@
 //!   the caller stores it with one atomic write.
 //! - [`bundle`]: signed update bundles (format in `BUNDLE.md`): create,
 //!   and a streaming reader that verifies before handing out payload bytes.
+//! - [`config`]: the recovery config (board, trusted keys, slots, data
+//!   area, bootloader env backend).
 
 pub mod boot;
 pub mod bundle;
+pub mod config;
 pub mod env;
 pub mod grubenv;
 pub mod storage;
