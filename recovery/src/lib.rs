@@ -1,7 +1,8 @@
 //! A/B slots, boot counting, rollback, signed update bundles and factory
-//! reset. Built so far: the bootloader environment layer and the
-//! boot-selection model; bundles, install and the agent's `Recovery` trait
-//! (in `intrust-agent`) come in later slices.
+//! reset. Built so far: the bootloader environment layer, the
+//! boot-selection model, signed bundles, the recovery config, install,
+//! status, mark-good and rollback; factory reset and the agent's `Recovery`
+//! trait (in `intrust-agent`) come in later slices.
 //!
 //! - [`storage`]: the device or file an environment lives on (positional
 //!   read/write and fsync), small enough to wrap in a crash recorder.
@@ -19,12 +20,19 @@
 //!   and a streaming reader that verifies before handing out payload bytes.
 //! - [`config`]: the recovery config (board, trusted keys, slots, data
 //!   area, bootloader env backend).
+//! - [`bootenv`]: the configured environment (U-Boot or GRUB) behind one
+//!   read/write trait.
+//! - [`install`]: the install steps with their power-cut safety argument.
+//! - [`slots`]: booted slot, status, mark-good, rollback, last error.
 
 pub mod boot;
+pub mod bootenv;
 pub mod bundle;
 pub mod config;
 pub mod env;
 pub mod grubenv;
+pub mod install;
+pub mod slots;
 pub mod storage;
 pub mod uboot_env;
 
