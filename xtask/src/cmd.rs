@@ -2,9 +2,11 @@
 //! failure names the command and its exit status.
 
 use std::ffi::OsString;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -113,4 +115,63 @@ pub fn probe(cmd: &mut Command) -> Option<(ExitStatus, String)> {
 pub fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(prog).is_file()))
+}
+
+/// How a time-limited run ended.
+pub enum Limited {
+    Exited(ExitStatus, String),
+    TimedOut,
+}
+
+/// Runs in its own process group, stdin closed, for at most `limit`. On
+/// timeout, or on our SIGINT/SIGTERM (caught while it runs), the whole group
+/// (the program and whatever it started, e.g. an agent under QEMU) gets
+/// SIGTERM, then SIGKILL after 5 s. With `capture`, stdout is returned
+/// instead of shown. An interruption is an error.
+pub fn run_limited(cmd: &mut Command, limit: Duration, capture: bool) -> Result<Limited> {
+    echo(cmd);
+    cmd.stdin(Stdio::null()).process_group(0);
+    if capture {
+        cmd.stdout(Stdio::piped());
+    }
+    crate::signals::catch();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", display(cmd)))?;
+    // Read in a thread so a chatty child never blocks on a full pipe.
+    let reader = child.stdout.take().map(|mut out| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = out.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    });
+    let collect = |reader: Option<std::thread::JoinHandle<String>>| {
+        reader.and_then(|r| r.join().ok()).unwrap_or_default()
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Limited::Exited(status, collect(reader)));
+        }
+        let interrupted = crate::signals::received();
+        if interrupted.is_some() || Instant::now() >= deadline {
+            let group = -(child.id() as i32);
+            crate::signals::send(group, libc::SIGTERM);
+            let grace = Instant::now() + Duration::from_secs(5);
+            while child.try_wait()?.is_none() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // The group may outlive its leader; its id stays reserved until
+            // we reap the leader, so kill the group before waiting.
+            crate::signals::send(group, libc::SIGKILL);
+            let _ = child.wait();
+            drop(reader); // its pipe is closed now; nothing to wait for
+            if let Some(sig) = interrupted {
+                bail!("`{}` interrupted (signal {sig})", display(cmd));
+            }
+            return Ok(Limited::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cmd::{self, say};
+use crate::cmd::{self, say, Limited};
 use crate::{apt, Outcome};
 
 /// Debian 12 packages of the recipe (`rustc-web` and the arm64 std are from
@@ -30,6 +30,10 @@ pub const SYSROOT: &str = "/usr/aarch64-linux-gnu";
 /// A separate target dir: other rustc, other artefacts.
 const TARGET_DIR: &str = "target/cross";
 const HIL_SCENARIO: &str = "boot-unpaired";
+/// Time limits under emulation, so a hang fails CI instead of stalling it.
+const VERSION_LIMIT: Duration = Duration::from_secs(60);
+const LIST_LIMIT: Duration = Duration::from_secs(120);
+const SCENARIO_LIMIT: Duration = Duration::from_secs(600);
 
 /// Binaries of the appliance and the packages that build them.
 const BINARIES: &[&str] = &["intrustd", "intrustctl", "intrust-hil"];
@@ -125,7 +129,16 @@ pub fn run(root: &Path) -> Result<Outcome> {
         .current_dir(root)
         .arg(dist("intrustd"))
         .arg("--version");
-    let out = cmd::output(&mut version)?;
+    let out = match cmd::run_limited(&mut version, VERSION_LIMIT, true)? {
+        Limited::Exited(status, out) if status.success() => out,
+        Limited::Exited(status, out) => {
+            bail!("`intrustd --version` under qemu-aarch64 failed ({status}); it printed {out:?}")
+        }
+        Limited::TimedOut => bail!(
+            "`intrustd --version` under qemu-aarch64 did not finish within {} s",
+            VERSION_LIMIT.as_secs()
+        ),
+    };
     print!("{out}");
     let want = env!("CARGO_PKG_VERSION");
     if !out.contains(want) {
@@ -140,21 +153,33 @@ pub fn run(root: &Path) -> Result<Outcome> {
 /// One HIL scenario on the simulated board with both the harness and the
 /// agent under QEMU.
 fn hil_scenario(root: &Path, hil: &Path, intrustd: &Path) -> Result<Outcome> {
-    // A stub `intrust-hil` lists nothing; say so instead of failing.
     let mut list = qemu();
     list.current_dir(root).arg(hil).arg("list");
-    let listed = cmd::probe(&mut list);
-    match &listed {
-        Some((status, out)) if status.success() && out.trim().is_empty() => {
+    match cmd::run_limited(&mut list, LIST_LIMIT, true)? {
+        // A stub `intrust-hil` lists nothing: say so instead of failing.
+        Limited::Exited(status, out) if status.success() && out.trim().is_empty() => {
             say("intrust-hil not built yet (`intrust-hil list` printed nothing): HIL scenario skipped");
             return Ok(Outcome::Skipped("intrust-hil not built yet".into()));
         }
-        Some((status, out)) if status.success() && !out.contains(HIL_SCENARIO) => {
-            bail!("`intrust-hil list` does not offer the scenario {HIL_SCENARIO}:\n{out}");
+        Limited::Exited(status, out) if status.success() => {
+            if !out
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(HIL_SCENARIO))
+            {
+                bail!("`intrust-hil list` does not offer the scenario {HIL_SCENARIO}:\n{out}");
+            }
         }
-        _ => {}
+        Limited::Exited(status, out) => {
+            bail!("`intrust-hil list` under qemu-aarch64 failed ({status}):\n{out}")
+        }
+        Limited::TimedOut => bail!(
+            "`intrust-hil list` under qemu-aarch64 did not finish within {} s",
+            LIST_LIMIT.as_secs()
+        ),
     }
+
     let launcher = format!("qemu-aarch64 -L {SYSROOT}");
+    let records = PathBuf::from(TARGET_DIR).join("hil-records");
     let mut scenario = qemu();
     scenario
         .current_dir(root)
@@ -162,10 +187,18 @@ fn hil_scenario(root: &Path, hil: &Path, intrustd: &Path) -> Result<Outcome> {
         .args(["--rig", "sim", "--intrustd"])
         .arg(intrustd)
         .args(["--launcher", &launcher, "--record-dir"])
-        .arg(PathBuf::from(TARGET_DIR).join("hil-records"))
+        .arg(&records)
         .args(["run", HIL_SCENARIO]);
-    cmd::run(&mut scenario).with_context(|| {
-        format!("HIL scenario {HIL_SCENARIO} under qemu-aarch64 failed; records are in {TARGET_DIR}/hil-records")
-    })?;
-    Ok(Outcome::Done)
+    let failed = match cmd::run_limited(&mut scenario, SCENARIO_LIMIT, false)? {
+        Limited::Exited(status, _) if status.success() => return Ok(Outcome::Done),
+        Limited::Exited(status, _) => format!("failed ({status})"),
+        Limited::TimedOut => format!(
+            "did not finish within {} s and was stopped",
+            SCENARIO_LIMIT.as_secs()
+        ),
+    };
+    bail!(
+        "HIL scenario {HIL_SCENARIO} under qemu-aarch64 {failed}; records are in {}",
+        records.display()
+    )
 }

@@ -9,42 +9,21 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::apt;
 use crate::cmd::{self, say};
+use crate::{apt, signals};
 
 /// Debian packages the demo needs (none yet; the rendezvous issue adds coturn).
 const PACKAGES: &[&str] = &[];
 /// Longest path a Unix socket address takes (sun_path is 108 bytes).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// The last SIGINT/SIGTERM we received (0: none).
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
-fn catch_signals() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
-
 fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; the pid is our
-    // child's and cannot be reaped (and reused) before we wait on it.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
-    }
+    signals::send(child.id() as i32, sig);
 }
 
 /// The demo's files, all under `target/demo/`.
@@ -130,7 +109,7 @@ pub fn run(root: &Path, for_secs: Option<u64>) -> Result<()> {
         .with_context(|| format!("writing {}", l.config.display()))?;
     say(format!("wrote {}", rel(root, &l.config).display()));
 
-    catch_signals();
+    signals::catch();
     let log = File::create(&l.log).with_context(|| format!("creating {}", l.log.display()))?;
     let mut daemon_cmd = Command::new(&intrustd);
     daemon_cmd
@@ -226,7 +205,7 @@ impl Demo {
 
         let deadline = for_secs.map(|s| Instant::now() + Duration::from_secs(s));
         loop {
-            if SIGNAL.load(Ordering::SeqCst) != 0 {
+            if signals::received().is_some() {
                 eprintln!();
                 say("stopping the demo");
                 return Ok(());
@@ -247,7 +226,7 @@ impl Demo {
             if let Some(status) = try_wait(&mut self.watch)? {
                 // Ctrl-C reaches the watcher too; our flag may lag a moment.
                 sleep(Duration::from_millis(50));
-                if status.success() || SIGNAL.load(Ordering::SeqCst) != 0 {
+                if status.success() || signals::received().is_some() {
                     say("intrustctl board watch ended");
                     return Ok(());
                 }
@@ -270,7 +249,7 @@ impl Demo {
                     tail(&l.log)
                 );
             }
-            if SIGNAL.load(Ordering::SeqCst) != 0 {
+            if signals::received().is_some() {
                 bail!("interrupted while waiting for intrustd");
             }
             if Instant::now() >= deadline {
@@ -287,10 +266,7 @@ impl Demo {
     /// Stops the watcher, then the daemon: SIGTERM (our own SIGINT/SIGTERM
     /// forwarded), SIGKILL after 5 s. Errors if the daemon had to be killed.
     fn stop(&mut self) -> Result<()> {
-        let forwarded = match SIGNAL.load(Ordering::SeqCst) {
-            0 => libc::SIGTERM,
-            sig => sig,
-        };
+        let forwarded = signals::received().unwrap_or(libc::SIGTERM);
         if let Some(watch) = self.watch.as_mut() {
             if watch.try_wait()?.is_none() {
                 signal(watch, forwarded);

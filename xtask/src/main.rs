@@ -8,6 +8,7 @@ mod bench;
 mod cmd;
 mod cross;
 mod demo;
+mod signals;
 mod test;
 
 use std::path::{Path, PathBuf};
