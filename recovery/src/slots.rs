@@ -1,8 +1,8 @@
 //! The A/B slots as the running system sees them: which slot is booted,
 //! the status report, `mark-good` and `rollback`, and the last install
-//! error. Each change is one [`EnvStore::write`]; rollback refuses a slot
-//! with no tries left, because that is a slot an install marked bad (maybe
-//! half written) or one that failed to boot.
+//! error. Each change is one [`EnvStore::write`]; rollback refuses a
+//! non-booted slot with no tries left, because that is a slot an install
+//! marked bad (maybe half written) or one that failed to boot.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -107,12 +107,7 @@ impl Serialize for Slot {
 /// Reads the status.
 pub fn status(config: &Config, booted: Slot, env: &mut dyn EnvStore) -> Result<Status, SlotError> {
     let state = BootState::from_env(&env.read()?);
-    let next = state
-        .order()
-        .iter()
-        .copied()
-        .find(|s| state.tries_left(*s) > 0)
-        .unwrap_or(state.primary());
+    let next = next_boot(&state);
     Ok(Status {
         booted,
         order: state.order().to_vec(),
@@ -135,19 +130,32 @@ pub fn mark_good(booted: Slot, env: &mut dyn EnvStore) -> Result<(), SlotError> 
     Ok(())
 }
 
-/// Makes the other slot the one to boot next (one env write); refused when
-/// it has no tries left. Returns the slot activated.
+/// Switches to the slot other than the one that boots next (one env write)
+/// and returns it: from a running update back to the old slot, or, while an
+/// update waits for its reboot, back to the booted slot (cancelling it).
+/// Refused when that slot is not the booted one and has no tries left.
 pub fn rollback(booted: Slot, env: &mut dyn EnvStore) -> Result<Slot, SlotError> {
     let mut vars = env.read()?;
     let mut state = BootState::from_env(&vars);
-    let other = booted.other();
-    if state.tries_left(other) == 0 {
-        return Err(SlotError::RollbackToBadSlot(other));
+    let target = next_boot(&state).other();
+    if target != booted && state.tries_left(target) == 0 {
+        return Err(SlotError::RollbackToBadSlot(target));
     }
-    state.activate(other);
+    state.activate(target);
     state.apply_to(&mut vars);
     env.write(&vars)?;
-    Ok(other)
+    Ok(target)
+}
+
+/// The slot the bootloader picks next: the first in the order with tries
+/// (the primary when none has tries, as after the reset-and-retry).
+fn next_boot(state: &BootState) -> Slot {
+    state
+        .order()
+        .iter()
+        .copied()
+        .find(|s| state.tries_left(*s) > 0)
+        .unwrap_or(state.primary())
 }
 
 /// The recorded last install error (none without a state directory).
@@ -240,6 +248,14 @@ mod tests {
         mark_good(Slot::B, &mut env).unwrap();
         assert_eq!(BootState::from_env(&env.0).tries_left(Slot::B), 3);
         assert_eq!(rollback(Slot::B, &mut env).unwrap(), Slot::A);
+        assert_eq!(BootState::from_env(&env.0).order(), &[Slot::A, Slot::B]);
+        // An update waiting for its reboot is cancelled back to the booted slot,
+        // even when that slot has used its tries.
+        let mut state = BootState::from_env(&env.0);
+        state.mark_bad(Slot::A);
+        state.activate(Slot::B);
+        state.apply_to(&mut env.0);
+        assert_eq!(rollback(Slot::A, &mut env).unwrap(), Slot::A);
         assert_eq!(BootState::from_env(&env.0).order(), &[Slot::A, Slot::B]);
     }
 }
