@@ -111,11 +111,11 @@ pub fn run(root: &Path, for_secs: Option<u64>) -> Result<()> {
 
     signals::catch();
     let log = File::create(&l.log).with_context(|| format!("creating {}", l.log.display()))?;
-    let mut daemon_cmd = Command::new(&intrustd);
+    let mut daemon_cmd = Command::new(rel(root, &intrustd));
     daemon_cmd
         .current_dir(root)
         .arg("--config")
-        .arg(&l.config)
+        .arg(rel(root, &l.config))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -159,10 +159,10 @@ impl Demo {
         let ctl_cmd = |args: &str| format!("{} --socket {} {args}", ctl.display(), sock.display());
 
         let status = cmd::output(
-            Command::new(intrustctl)
+            Command::new(&ctl)
                 .current_dir(root)
                 .arg("--socket")
-                .arg(&l.control)
+                .arg(&sock)
                 .arg("status"),
         );
         match status {
@@ -177,24 +177,32 @@ impl Demo {
         // child stopped in `Demo::stop` like the daemon.
 
         say("the appliance agent is running on a simulated board.");
+        let tries = [
+            (ctl_cmd("status"), "appliance state, LEDs, pairing window"),
+            (
+                ctl_cmd("board tap pair"),
+                "PAIR press: opens the pairing window",
+            ),
+            (
+                ctl_cmd("board hold reset --ms 6000"),
+                "hold RESET 6 s: arms, then requests a factory reset",
+            ),
+        ];
+        let width = tries.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+        eprintln!("\n  In another terminal, in {}:\n", root.display());
+        for (c, what) in &tries {
+            eprintln!("    {c:<width$}  # {what}");
+        }
         eprintln!(
-            "\n  In another terminal, in {}:\n\
-             \n    {}                      # appliance state, LEDs, pairing window\
-             \n    {}              # PAIR press: opens the pairing window\
-             \n    {}   # hold RESET 6 s: arms, then requests a factory reset\
-             \n\n  Agent log: {}\n  LED and button events follow; Ctrl-C stops the demo.\n",
-            root.display(),
-            ctl_cmd("status"),
-            ctl_cmd("board tap pair"),
-            ctl_cmd("board hold reset --ms 6000"),
-            rel(root, &l.log).display(),
+            "\n  Agent log: {}\n  LED and button events follow; Ctrl-C stops the demo.\n",
+            rel(root, &l.log).display()
         );
 
-        let mut watch_cmd = Command::new(intrustctl);
+        let mut watch_cmd = Command::new(&ctl);
         watch_cmd
             .current_dir(root)
             .arg("--socket")
-            .arg(&l.control)
+            .arg(&sock)
             .args(["board", "watch"]);
         say(format!("$ {}", cmd::display(&watch_cmd)));
         self.watch = Some(
