@@ -10,9 +10,12 @@ use anyhow::{bail, Result};
 use crate::cmd::{self, say};
 use crate::{apt, cross, Outcome};
 
-/// Debian packages the host tests need beyond Rust (none yet; the
-/// rendezvous, app and update issues add coturn, crun, nix-bin, rauc…).
-pub const HOST_PACKAGES: &[&str] = &[];
+/// Debian packages the host tests need beyond Rust and a C compiler.
+/// (The rendezvous, app and update issues add coturn, crun, nix-bin, rauc…)
+pub const HOST_PACKAGES: &[&str] = &[
+    // fw_printenv/fw_setenv: recovery's U-Boot env interop tests.
+    "libubootenv-tool",
+];
 
 struct Step {
     name: &'static str,
