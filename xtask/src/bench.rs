@@ -18,7 +18,7 @@ pub const GROUPS: &[(&str, &str)] = &[
     ),
     (
         "footprint",
-        "sizes of the stripped aarch64 intrustd and intrustctl",
+        "sizes of the stripped aarch64 intrustd, intrustctl and intrust-recovery",
     ),
 ];
 
@@ -84,7 +84,13 @@ fn footprint(root: &Path) -> Result<()> {
     for b in bins.iter().filter(|b| b.name != "intrust-hil") {
         let line = figure(&[
             ("bench", json!("footprint")),
-            ("metric", json!(format!("size_{}_mib", b.name))),
+            (
+                "metric",
+                json!(format!(
+                    "size_{}_mib",
+                    b.name.trim_start_matches("intrust-")
+                )),
+            ),
             ("value", json!((b.mib() * 1000.0).round() / 1000.0)),
             ("unit", json!("MiB")),
             ("better", json!("lower")),

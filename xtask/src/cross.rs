@@ -1,7 +1,9 @@
 //! The appliance build: aarch64 binaries made with Debian's rustc-web and
 //! its arm64 std (no rustup target needed), stripped into
-//! `target/cross/dist/`, then run under QEMU user mode: `intrustd --version`
-//! and one simulated-board HIL scenario with the whole stack emulated.
+//! `target/cross/dist/`, then run under QEMU user mode: `intrustd --version`,
+//! `intrust-hil list`, and one simulated-board HIL scenario in which the
+//! emulated aarch64 `intrustd` is the device under test, driven by the host's
+//! harness (as a real rig drives a real board).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,11 +35,11 @@ const HIL_SCENARIO: &str = "boot-unpaired";
 /// Time limits under emulation, so a hang fails CI instead of stalling it.
 const VERSION_LIMIT: Duration = Duration::from_secs(60);
 const LIST_LIMIT: Duration = Duration::from_secs(120);
-const SCENARIO_LIMIT: Duration = Duration::from_secs(300);
+const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
 
 /// Binaries of the appliance and the packages that build them.
-const BINARIES: &[&str] = &["intrustd", "intrustctl", "intrust-hil"];
-const PACKAGES_BUILT: &[&str] = &["intrust-agent", "intrust-hil"];
+const BINARIES: &[&str] = &["intrustd", "intrustctl", "intrust-recovery", "intrust-hil"];
+const PACKAGES_BUILT: &[&str] = &["intrust-agent", "intrust-recovery", "intrust-hil"];
 
 pub struct Binary {
     pub name: &'static str,
@@ -150,17 +152,15 @@ pub fn run(root: &Path) -> Result<Outcome> {
     hil_scenario(root, &dist("intrust-hil"), &dist("intrustd"))
 }
 
-/// One HIL scenario on the simulated board with both the harness and the
-/// agent under QEMU.
+/// One HIL scenario on the simulated board: the aarch64 agent under QEMU is
+/// the device under test; the harness is the host's build, as on a real rig.
+/// (The aarch64 harness itself is only listed under QEMU: qemu-user on this
+/// kind of machine hangs when an emulated program creates a thread, and the
+/// harness needs threads to start and watch the agent; see cross/README.md.)
 fn hil_scenario(root: &Path, hil: &Path, intrustd: &Path) -> Result<Outcome> {
     let mut list = qemu();
     list.current_dir(root).arg(hil).arg("list");
     match cmd::run_limited(&mut list, LIST_LIMIT, true)? {
-        // A stub `intrust-hil` lists nothing: say so instead of failing.
-        Limited::Exited(status, out) if status.success() && out.trim().is_empty() => {
-            say("intrust-hil not built yet (`intrust-hil list` printed nothing): HIL scenario skipped");
-            return Ok(Outcome::Skipped("intrust-hil not built yet".into()));
-        }
         Limited::Exited(status, out) if status.success() => {
             if !out
                 .lines()
@@ -180,10 +180,19 @@ fn hil_scenario(root: &Path, hil: &Path, intrustd: &Path) -> Result<Outcome> {
 
     let launcher = format!("qemu-aarch64 -L {SYSROOT}");
     let records = PathBuf::from(TARGET_DIR).join("hil-records");
-    let mut scenario = qemu();
+    let mut build = Command::new("cargo");
+    build.current_dir(root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "intrust-hil",
+        "--bin",
+        "intrust-hil",
+    ]);
+    cmd::run(&mut build).context("building the host's intrust-hil")?;
+    let mut scenario = Command::new(root.join("target/debug/intrust-hil"));
     scenario
         .current_dir(root)
-        .arg(hil)
         .args(["--rig", "sim", "--intrustd"])
         .arg(intrustd)
         .args(["--launcher", &launcher, "--record-dir"])
@@ -193,8 +202,7 @@ fn hil_scenario(root: &Path, hil: &Path, intrustd: &Path) -> Result<Outcome> {
         Limited::Exited(status, _) if status.success() => return Ok(Outcome::Done),
         Limited::Exited(status, _) => format!("failed ({status})"),
         Limited::TimedOut => format!(
-            "did not finish within {} s and was stopped (qemu-aarch64 7.2 hangs when a \
-             multi-threaded program starts a process; see cross/README.md, \"Known problem\")",
+            "did not finish within {} s and was stopped",
             SCENARIO_LIMIT.as_secs()
         ),
     };
