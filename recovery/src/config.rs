@@ -10,10 +10,12 @@
 //! ```toml
 //! board = "rpi4"
 //! trusted_keys = ["58cf6a41…"]          # 64 hex digits each
-//! data = "/dev/mmcblk0p5"               # updates never write it
+//! data = "/data"                       # mounted data partition; updates never write it
+//! # data_keep = ["identity"]            # entries of `data` a factory reset keeps
 //! # booted_slot = "A"                   # tests: instead of /proc/cmdline
 //! # cmdline = "/proc/cmdline"           # where `intrust.slot=A|B` is read
 //! # state_dir = "/var/lib/intrust-recovery"   # last install error
+//! # update_ca = "/etc/intrust/update-ca.pem"   # trusted CAs for https:// bundles
 //!
 //! [slots.A]
 //! rootfs = { device = "/dev/mmcblk0p2" }            # size: the device's
@@ -35,6 +37,10 @@ use serde::Deserialize;
 use crate::boot::Slot;
 use crate::bundle::{Part, PublicKey};
 
+/// What factory reset keeps when the config does not say: the factory
+/// identity.
+pub const DEFAULT_DATA_KEEP: &str = "identity";
+
 /// Where `intrust.slot=` is read by default.
 pub const DEFAULT_CMDLINE: &str = "/proc/cmdline";
 
@@ -45,8 +51,14 @@ pub struct Config {
     pub board: String,
     /// Keys whose bundles are installed.
     pub trusted_keys: Vec<PublicKey>,
-    /// The data area (never written by updates; reserved for factory reset).
+    /// The data area: the directory the data partition is mounted on.
+    /// Updates never write it; factory reset empties it except
+    /// [`Config::data_keep`].
     pub data: PathBuf,
+    /// Names of entries directly in `data` that factory reset keeps (the
+    /// factory identity). Single file names: no `/`, not `.`/`..`, not
+    /// starting with `.wipe-` (the reset's trash). Default `["identity"]`.
+    pub data_keep: Vec<String>,
     /// Slot A's devices.
     pub slot_a: SlotConfig,
     /// Slot B's devices.
@@ -59,6 +71,9 @@ pub struct Config {
     pub cmdline: PathBuf,
     /// Where the last install error is kept, if anywhere.
     pub state_dir: Option<PathBuf>,
+    /// PEM file of the CA certificates trusted for `install https://…`
+    /// (no system roots: without it, URLs are refused).
+    pub update_ca: Option<PathBuf>,
 }
 
 /// The devices of one slot.
@@ -135,11 +150,13 @@ struct RawConfig {
     board: toml::Spanned<String>,
     trusted_keys: toml::Spanned<Vec<KeyHex>>,
     data: toml::Spanned<PathBuf>,
+    data_keep: Option<toml::Spanned<Vec<String>>>,
     slots: RawSlots,
     bootloader: Bootloader,
     booted_slot: Option<SlotName>,
     cmdline: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    update_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +256,20 @@ impl Config {
             }
             seen.push((path, name));
         }
+        let data_keep = match raw.data_keep {
+            None => vec![DEFAULT_DATA_KEEP.to_owned()],
+            Some(keep) => {
+                for name in keep.get_ref() {
+                    if let Err(why) = check_keep_name(name) {
+                        return Err(invalid(
+                            keep.span().start,
+                            format!("data_keep entry {name:?}: {why}"),
+                        ));
+                    }
+                }
+                keep.into_inner()
+            }
+        };
         let slot = |s: RawSlot| SlotConfig {
             rootfs: s.rootfs.into_inner(),
             kernel: s.kernel.map(toml::Spanned::into_inner),
@@ -252,6 +283,7 @@ impl Config {
                 .map(|k| k.0)
                 .collect(),
             data: raw.data.into_inner(),
+            data_keep,
             slot_a: slot(raw.slots.a),
             slot_b: slot(raw.slots.b),
             bootloader: raw.bootloader,
@@ -260,6 +292,7 @@ impl Config {
                 .cmdline
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_CMDLINE)),
             state_dir: raw.state_dir,
+            update_ca: raw.update_ca,
         })
     }
 
@@ -269,6 +302,19 @@ impl Config {
             Slot::A => &self.slot_a,
             Slot::B => &self.slot_b,
         }
+    }
+}
+
+/// Why `name` cannot be a `data_keep` entry.
+fn check_keep_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        Err("must name an entry of the data area")
+    } else if name.contains('/') || name.contains('\0') {
+        Err("must be a single name directly in the data area, without '/'")
+    } else if name.starts_with(crate::factory_reset::TRASH_PREFIX) {
+        Err("names starting with .wipe- are the factory reset's trash")
+    } else {
+        Ok(())
     }
 }
 
@@ -315,6 +361,15 @@ fw_env_config = "/etc/fw_env.config"
         assert_eq!(c.trusted_keys, vec![PublicKey::from_hex(KEY).unwrap()]);
         assert_eq!(c.booted_slot, Some(Slot::A));
         assert_eq!(c.cmdline, PathBuf::from(DEFAULT_CMDLINE));
+        assert_eq!(c.data_keep, vec!["identity".to_owned()]);
+        let keep = good().replace(
+            "[slots.A]",
+            "data_keep = [\"identity\", \"lost+found\"]\n[slots.A]",
+        );
+        assert_eq!(
+            Config::parse(&keep, "c").unwrap().data_keep,
+            vec!["identity".to_owned(), "lost+found".to_owned()]
+        );
         assert_eq!(c.slot(Slot::A).kernel.as_ref().unwrap().size, Some(4096));
         assert_eq!(c.slot(Slot::B).device(Part::Kernel), None);
         assert_eq!(
@@ -362,6 +417,11 @@ fw_env_config = "/etc/fw_env.config"
         let (line, msg) = err(&good().replace("[slots.A]", "[slots.A]\nsurprise = 1"));
         assert_eq!(line, 7, "{msg}");
         assert!(msg.contains("unknown field `surprise`"), "{msg}");
+        let (line, msg) = err(&good().replace("[slots.A]", "data_keep = [\"../x\"]\n[slots.A]"));
+        assert_eq!(line, 6, "{msg}");
+        assert!(msg.contains("data_keep entry \"../x\""), "{msg}");
+        let (_, msg) = err(&good().replace("[slots.A]", "data_keep = [\".wipe-0\"]\n[slots.A]"));
+        assert!(msg.contains("trash"), "{msg}");
         let (_, msg) = err("board = \"x\"\n");
         assert!(msg.contains("missing field"), "{msg}");
     }

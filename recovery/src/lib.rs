@@ -30,6 +30,7 @@ pub mod bootenv;
 pub mod bundle;
 pub mod config;
 pub mod env;
+pub mod factory_reset;
 pub mod grubenv;
 pub mod install;
 pub mod slots;

@@ -62,6 +62,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Wipe the data area (personas, tokens, app data), keeping the factory
+    /// identity (`data_keep` in the config). Finishes an interrupted reset.
+    FactoryReset {
+        /// The recovery config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Do not ask (required when standard input is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +200,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("slot {next} boots next");
             Ok(())
         }
+        Command::FactoryReset { config, yes } => factory_reset(&config, yes),
     }
 }
 
@@ -246,4 +257,44 @@ fn file_source(part: Part, path: &Path) -> ImageSource<'static> {
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
         }),
     }
+}
+
+fn factory_reset(config: &Path, yes: bool) -> Result<()> {
+    use intrust_recovery::factory_reset;
+    let config = Config::load(config)?;
+    if !yes {
+        let stdin = io::stdin();
+        if !stdin.is_terminal() {
+            anyhow::bail!(
+                "factory-reset wipes {} and standard input is not a terminal to ask on; pass --yes to confirm",
+                config.data.display()
+            );
+        }
+        eprint!(
+            "Wipe everything in {} except {}? This cannot be undone. Type 'yes': ",
+            config.data.display(),
+            config.data_keep.join(", ")
+        );
+        io::stderr().flush()?;
+        let mut answer = String::new();
+        stdin.read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            anyhow::bail!("factory reset cancelled: nothing was wiped");
+        }
+    }
+    let report = factory_reset::factory_reset(&config)?;
+    if report.finished_interrupted {
+        eprintln!("intrust-recovery: finished an interrupted factory reset");
+    }
+    println!(
+        "wiped {} entries of {}, kept {}",
+        report.removed.len(),
+        config.data.display(),
+        if report.kept.is_empty() {
+            "nothing".to_owned()
+        } else {
+            report.kept.join(", ")
+        }
+    );
+    Ok(())
 }
