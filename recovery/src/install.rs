@@ -19,14 +19,15 @@
 //! | 5. fsync + compare | each device fsynced; each image's hash compared at its end, trailing bytes refused | as 4; on a mismatch we stop here with an error, so the env keeps the target marked bad |
 //! | 6. activate | one env write: target first in the order with fresh tries | old env (target still bad, booted slot boots) or new env (target boots, and after its tries fall back to the booted slot, which keeps its tries); whole either way |
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use crate::boot::{BootState, Slot};
 use crate::bootenv::{EnvStore, EnvStoreError};
 use crate::bundle::{Bundle, BundleError, Part};
 use crate::config::{Config, Device};
+use crate::storage::{FileDevices, OpenStorage, Storage};
 
 /// Largest chunk held in memory while streaming.
 pub const BUFFER_LEN: usize = 1 << 20;
@@ -127,12 +128,27 @@ pub struct Installed {
 }
 
 /// Installs the bundle read from `input` into the slot that is not
-/// `booted`; see the module docs for the steps and their safety argument.
+/// `booted`, writing the slot's device nodes; see the module docs for the
+/// steps and their safety argument.
 pub fn install(
     config: &Config,
     input: impl Read,
     booted: Slot,
     env: &mut dyn EnvStore,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Installed, InstallError> {
+    install_on(config, input, booted, env, &mut FileDevices, progress)
+}
+
+/// [`install`] with the slot devices opened by `devices` (a crash recorder
+/// in tests), so every write and fsync of an install goes through
+/// [`Storage`].
+pub fn install_on(
+    config: &Config,
+    input: impl Read,
+    booted: Slot,
+    env: &mut dyn EnvStore,
+    devices: &mut dyn OpenStorage,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Installed, InstallError> {
     // 1. Verify: nothing is written before this block ends.
@@ -147,13 +163,13 @@ pub fn install(
     // 2. Target.
     let target = booted.other();
     let slot = config.slot(target);
-    let mut devices = Vec::new();
+    let mut targets = Vec::new();
     for image in &manifest.images {
         let device = slot.device(image.part).ok_or(InstallError::NoDevice {
             part: image.part,
             slot: target,
         })?;
-        let (file, capacity) = open_device(device)?;
+        let (storage, capacity) = open_device(devices, device)?;
         if image.size > capacity {
             return Err(InstallError::TooLarge {
                 part: image.part,
@@ -163,7 +179,7 @@ pub fn install(
                 capacity,
             });
         }
-        devices.push((file, device.device.display().to_string()));
+        targets.push((storage, device.device.display().to_string()));
     }
     let mut vars = env.read()?;
 
@@ -179,7 +195,7 @@ pub fn install(
     let mut done = 0u64;
     let mut buf = vec![0u8; BUFFER_LEN];
     progress(Progress { done, total });
-    for (file, name) in &mut devices {
+    for (storage, name) in &mut targets {
         let Some(mut image) = bundle.next_image() else {
             break;
         };
@@ -188,20 +204,23 @@ pub fn install(
             device: name.clone(),
             source,
         };
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| device_err("seeking", e))?;
+        let mut offset = 0u64;
         loop {
             let chunk = image.read_chunk(&mut buf).map_err(payload_err)?;
             if chunk.is_empty() {
                 break;
             }
-            file.write_all(chunk)
+            storage
+                .write_at(offset, chunk)
                 .map_err(|e| device_err("writing", e))?;
+            offset += chunk.len() as u64;
             done += chunk.len() as u64;
             progress(Progress { done, total });
         }
         image.finish().map_err(payload_err)?;
-        file.sync_all().map_err(|e| device_err("syncing", e))?;
+        // Durable before the activation below is even issued: an fsync only
+        // orders this device's writes, so it must complete first.
+        storage.sync().map_err(|e| device_err("syncing", e))?;
     }
     bundle.finish().map_err(payload_err)?;
 
@@ -219,19 +238,20 @@ pub fn install(
 
 /// Opens a slot device for writing (never creating or truncating it) and
 /// returns its usable size.
-fn open_device(device: &Device) -> Result<(File, u64), InstallError> {
+fn open_device(
+    devices: &mut dyn OpenStorage,
+    device: &Device,
+) -> Result<(Box<dyn Storage>, u64), InstallError> {
     let name = device.device.display().to_string();
     let err = |what, source| InstallError::Device {
         what,
         device: name.clone(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .write(true)
+    let mut storage = devices
         .open(&device.device)
         .map_err(|e| err("opening", e))?;
-    // Seeking to the end works for block devices too (their metadata length is 0).
-    let len = file.seek(SeekFrom::End(0)).map_err(|e| err("sizing", e))?;
+    let len = storage.len().map_err(|e| err("sizing", e))?;
     let capacity = match device.size {
         Some(size) if size > len => {
             return Err(err(
@@ -244,7 +264,7 @@ fn open_device(device: &Device) -> Result<(File, u64), InstallError> {
         Some(size) => size,
         None => len,
     };
-    Ok((file, capacity))
+    Ok((storage, capacity))
 }
 
 /// Reads a bundle from `path`, or standard input for `-`.

@@ -29,6 +29,7 @@ pub mod boot;
 pub mod bootenv;
 pub mod bundle;
 pub mod config;
+pub mod crash;
 pub mod env;
 pub mod factory_reset;
 pub mod grubenv;

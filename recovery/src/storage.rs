@@ -5,8 +5,10 @@
 //! environment (see the write paths' docs).
 //!
 //! The trait is deliberately small (positional read, positional write, sync,
-//! length) so that a recording backend can log each write and each sync and
-//! replay any prefix of them to produce the states a power cut could leave.
+//! length) so that a recording backend ([`crate::crash`]) can log each write
+//! and each sync and produce the states a power cut could leave. Everything
+//! recovery writes goes through it: environments and, opened with an
+//! [`OpenStorage`], the slot devices an install writes.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -35,6 +37,41 @@ pub trait Storage {
 
     /// Makes every earlier write durable (fsync).
     fn sync(&mut self) -> io::Result<()>;
+}
+
+impl<S: Storage + ?Sized> Storage for Box<S> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn len(&mut self) -> io::Result<u64> {
+        (**self).len()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        (**self).write_at(offset, data)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        (**self).sync()
+    }
+}
+
+/// Opens devices by path for reading and writing, never creating them: the
+/// real device nodes ([`FileDevices`]) or a crash recorder's devices.
+pub trait OpenStorage {
+    /// Opens `path`; a missing device is an error.
+    fn open(&mut self, path: &Path) -> io::Result<Box<dyn Storage>>;
+}
+
+/// Opens device nodes and files as [`FileStorage`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileDevices;
+
+impl OpenStorage for FileDevices {
+    fn open(&mut self, path: &Path) -> io::Result<Box<dyn Storage>> {
+        Ok(Box::new(FileStorage::open(path)?))
+    }
 }
 
 /// [`Storage`] on a file or block device node.
