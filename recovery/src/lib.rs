@@ -32,6 +32,7 @@ pub mod config;
 pub mod crash;
 pub mod env;
 pub mod factory_reset;
+pub mod fetch;
 pub mod grubenv;
 pub mod install;
 pub mod slots;

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use intrust_recovery::bootenv;
 use intrust_recovery::bundle::{self, ImageSource, Part, SigningKey};
 use intrust_recovery::config::Config;
+use intrust_recovery::fetch;
 use intrust_recovery::install::{self, ProgressPrinter};
 use intrust_recovery::slots;
 
@@ -37,7 +38,8 @@ enum Command {
         /// The recovery config.
         #[arg(long)]
         config: PathBuf,
-        /// The bundle file, or `-` for standard input.
+        /// The bundle file, `-` for standard input, or an `https://` URL
+        /// (trusted CAs: the config's `update_ca`; streamed, not saved).
         file: PathBuf,
     },
     /// Show slots, the booted slot, what boots next, tries and the last error.
@@ -143,8 +145,11 @@ fn run(cli: Cli) -> Result<()> {
             let config = Config::load(&config)?;
             let booted = slots::booted_slot(&config)?;
             let mut env = bootenv::open(&config.bootloader)?;
-            let input = install::open_input(&file)
-                .with_context(|| format!("opening bundle {}", file.display()))?;
+            let input: Box<dyn Read> = match file.to_str().filter(|f| fetch::looks_like_url(f)) {
+                Some(url) => Box::new(fetch::open(url, &config)?),
+                None => install::open_input(&file)
+                    .with_context(|| format!("opening bundle {}", file.display()))?,
+            };
             let stderr = io::stderr();
             let mut printer = ProgressPrinter::new(stderr.lock(), stderr.is_terminal());
             let result = install::install(&config, input, booted, env.as_mut(), &mut |p| {
