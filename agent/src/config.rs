@@ -28,6 +28,11 @@ pub struct Config {
     /// The simulated board's socket, served when the profile has sim
     /// backends. Default: `/run/intrustd/sim.sock`.
     pub sim_socket: PathBuf,
+    /// The recovery config (A/B slots, bootloader environment, data area):
+    /// with it, RESET really resets and `intrustctl update` installs
+    /// updates; without it (the default) both only warn or are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_config: Option<PathBuf>,
     pub pairing: PairingConfig,
     pub buttons: ButtonsConfig,
     pub log: LogConfig,
@@ -41,6 +46,7 @@ impl Default for Config {
             board_root: PathBuf::from("/"),
             control_socket: PathBuf::from("/run/intrustd/control.sock"),
             sim_socket: PathBuf::from("/run/intrustd/sim.sock"),
+            recovery_config: None,
             pairing: PairingConfig::default(),
             buttons: ButtonsConfig::default(),
             log: LogConfig::default(),
@@ -209,6 +215,13 @@ impl Config {
                 b.reset_arm_ms, b.reset_cancel_ms
             ));
         }
+        if self
+            .recovery_config
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err("recovery_config must not be empty (leave it out for none)".into());
+        }
         for (name, p) in [
             ("state_dir", &self.state_dir),
             ("control_socket", &self.control_socket),
@@ -284,6 +297,21 @@ mod tests {
             (50, 3000, 5000, 30000)
         );
         assert_eq!(c.log.level, LogLevel::Info);
+        assert_eq!(c.recovery_config, None);
+    }
+
+    #[test]
+    fn recovery_config_is_a_path() {
+        let c = parse("recovery_config = \"/etc/intrust/recovery.toml\"\n").unwrap();
+        assert_eq!(
+            c.recovery_config.as_deref(),
+            Some(Path::new("/etc/intrust/recovery.toml"))
+        );
+        let err = parse("board = \"sim\"\nrecovery_config = \"\"\n").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { line: Some(2), .. }),
+            "{err}"
+        );
     }
 
     #[test]

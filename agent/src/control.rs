@@ -1,5 +1,6 @@
 //! The local control socket: `intrustctl` and test rigs ask the daemon for
-//! its status and open or close the pairing window.
+//! its status, open or close the pairing window, install updates and clear
+//! the error state.
 //!
 //! JSON lines over a Unix socket, one request and one response each (format
 //! in ARCHITECTURE.md). Invariants: the socket is mode 0600 and only root or
@@ -31,7 +32,34 @@ const MAX_CONNECTIONS: usize = 16;
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    Pairing { action: PairingAction },
+    Pairing {
+        action: PairingAction,
+    },
+    /// `{"cmd":"update","action":"apply","source":"/path"}` or
+    /// `{"cmd":"update","action":"status"}`.
+    Update(UpdateRequest),
+    /// `{"cmd":"error","action":"clear"}`: the owner saw the error.
+    Error {
+        action: ErrorAction,
+    },
+}
+
+/// What an `update` request asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum UpdateRequest {
+    /// Install the bundle at `source` (an absolute path on the device) into
+    /// the other slot. Answered as soon as the install has started; its
+    /// progress and result are in [`Status::update`].
+    Apply { source: String },
+    /// The status with [`UpdateStatus::slots`] filled in.
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorAction {
+    Clear,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +127,93 @@ pub struct Status {
     /// The message while `state` is `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Updates and mark-good; present when recovery is wired
+    /// (`recovery_config` in the agent config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateStatus>,
+}
+
+/// Updates since the agent started, the boot slot waiting for a reboot and
+/// whether the booted slot was marked good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// An install is running (its percent is [`Status::update_percent`]).
+    pub running: bool,
+    /// Installs started since the agent started; the running one, or the
+    /// one `last` reports, is number `attempts`.
+    pub attempts: u64,
+    /// How the last finished install ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<UpdateResult>,
+    /// The slot the next boot starts when it is not the booted one: an
+    /// installed update waiting for a reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_slot: Option<String>,
+    /// Mark-good of the booted slot, once the agent is up.
+    pub mark_good: MarkGoodState,
+    /// The recovery's view of the slots; only in the answer to
+    /// `{"cmd":"update","action":"status"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots: Option<SlotsInfo>,
+}
+
+/// One finished install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateResult {
+    /// Which install (see [`UpdateStatus::attempts`]).
+    pub attempt: u64,
+    /// The bundle it installed from.
+    pub source: String,
+    pub ok: bool,
+    /// The bundle's version, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The slot written and activated, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// What went wrong, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where mark-good is: `{"result":"waiting"}` until the agent is up and
+/// healthy, then `marked`/`already_good` (with the slot) or `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum MarkGoodState {
+    Waiting,
+    Running,
+    Marked { slot: String },
+    AlreadyGood { slot: String },
+    Failed { error: String },
+}
+
+/// The A/B slots as recovery reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotsInfo {
+    pub booted: String,
+    /// Slots in boot order.
+    pub order: Vec<String>,
+    /// The slot the next boot starts when it is not the booted one.
+    pub pending: Option<String>,
+    /// Tries left per slot.
+    pub tries: BTreeMap<String, u8>,
+    /// The last failed install's error, as recovery recorded it.
+    pub last_error: Option<String>,
+}
+
+impl From<&crate::recovery::SlotsStatus> for SlotsInfo {
+    fn from(s: &crate::recovery::SlotsStatus) -> SlotsInfo {
+        SlotsInfo {
+            booted: s.booted.name().into(),
+            order: s.order.iter().map(|o| o.name().to_owned()).collect(),
+            pending: s.pending.map(|p| p.name().to_owned()),
+            tries: [("A".to_owned(), s.tries.a), ("B".to_owned(), s.tries.b)]
+                .into_iter()
+                .collect(),
+            last_error: s.last_error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,7 +546,24 @@ impl ControlClient {
         };
         let mut line = serde_json::to_vec(request).map_err(|e| io(io::Error::other(e)))?;
         line.push(b'\n');
-        self.wr.write_all(&line).await.map_err(io)?;
+        if let Err(e) = self.wr.write_all(&line).await {
+            // A refused peer (wrong uid, too many connections) gets one error
+            // line and a closed socket, which can break our write first:
+            // that line is the better message.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) {
+                if let Ok(LineRead::Line) =
+                    read_line_limited(&mut self.rd, &mut self.buf, 64 * 1024).await
+                {
+                    if let Ok(r) = serde_json::from_slice::<Response>(&self.buf) {
+                        return r.into_result().map_err(ClientError::Agent);
+                    }
+                }
+            }
+            return Err(io(e));
+        }
         // A status line is small, but leave room for long error messages.
         match read_line_limited(&mut self.rd, &mut self.buf, 64 * 1024)
             .await
@@ -472,6 +604,27 @@ impl ControlClient {
         };
         self.request(&Request::Pairing { action }).await
     }
+
+    /// Starts installing the bundle at `source` (an absolute path).
+    pub async fn update_apply(&mut self, source: &str) -> Result<Status, ClientError> {
+        self.request(&Request::Update(UpdateRequest::Apply {
+            source: source.to_owned(),
+        }))
+        .await
+    }
+
+    /// The status with the recovery's slots.
+    pub async fn update_status(&mut self) -> Result<Status, ClientError> {
+        self.request(&Request::Update(UpdateRequest::Status)).await
+    }
+
+    /// Clears the error state.
+    pub async fn clear_error(&mut self) -> Result<Status, ClientError> {
+        self.request(&Request::Error {
+            action: ErrorAction::Clear,
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +662,7 @@ mod tests {
             uptime_ms: 12,
             update_percent: None,
             error: None,
+            update: None,
         }
     }
 
@@ -536,6 +690,52 @@ mod tests {
         );
         assert_eq!(v["result"]["versions"]["control_protocol"], 1);
         assert!(v.get("error").is_none());
+        assert!(v["result"].get("update").is_none());
+        for (request, line) in [
+            (
+                Request::Update(UpdateRequest::Apply {
+                    source: "/tmp/u.bundle".into(),
+                }),
+                r#"{"cmd":"update","action":"apply","source":"/tmp/u.bundle"}"#,
+            ),
+            (
+                Request::Update(UpdateRequest::Status),
+                r#"{"cmd":"update","action":"status"}"#,
+            ),
+            (
+                Request::Error {
+                    action: ErrorAction::Clear,
+                },
+                r#"{"cmd":"error","action":"clear"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&request).unwrap(), line);
+            assert_eq!(serde_json::from_str::<Request>(line).unwrap(), request);
+        }
+        let mut s = sample_status();
+        s.update = Some(UpdateStatus {
+            running: false,
+            attempts: 1,
+            last: Some(UpdateResult {
+                attempt: 1,
+                source: "/b".into(),
+                ok: true,
+                version: Some("2.0".into()),
+                slot: Some("B".into()),
+                error: None,
+            }),
+            pending_slot: Some("B".into()),
+            mark_good: MarkGoodState::AlreadyGood { slot: "A".into() },
+            slots: None,
+        });
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            v["update"],
+            serde_json::json!({"running":false,"attempts":1,
+                "last":{"attempt":1,"source":"/b","ok":true,"version":"2.0","slot":"B"},
+                "pending_slot":"B","mark_good":{"result":"already_good","slot":"A"}})
+        );
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
         let e = serde_json::to_string(&Response::error("nope")).unwrap();
         assert_eq!(e, r#"{"ok":false,"error":"nope"}"#);
         let back: Response =
@@ -550,6 +750,10 @@ mod tests {
             r#"{"cmd":"reboot"}"#,
             r#"{"cmd":"pairing"}"#,
             r#"{"cmd":"pairing","action":"ajar"}"#,
+            r#"{"cmd":"update","action":"apply"}"#,
+            r#"{"cmd":"update","action":"apply","source":"/b","force":true}"#,
+            r#"{"cmd":"update"}"#,
+            r#"{"cmd":"error","action":"ignore"}"#,
             "[]",
             "x",
         ] {

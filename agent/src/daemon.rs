@@ -4,17 +4,22 @@
 //! All policy lives in the sans-IO cores ([`Gestures`], [`Appliance`]); this
 //! loop only feeds them time and events and carries out their outputs. The
 //! button→LED path does no blocking work: an LED is set only when its
-//! pattern changes, and a factory reset runs on a blocking thread.
+//! pattern changes; factory reset, installs, mark-good and slot status run
+//! on blocking threads and report back to the loop as `Done` messages.
 
 use crate::appliance::{Action, Appliance, Input, State};
 use crate::config::Config;
 use crate::control::{
-    ControlRequest, ControlServer, PairingAction, PairingWindow, Request, Response, Status,
-    Versions,
+    ControlRequest, ControlServer, ErrorAction, PairingAction, PairingWindow, Request, Response,
+    Status, UpdateRequest, Versions,
 };
 use crate::gestures::{GestureConfig, Gestures};
-use crate::recovery::Recovery;
+use crate::recovery::{
+    AbRecovery, MarkGood, NotWired, Recovery, RecoveryError, SlotsStatus, UpdateOutcome,
+    UpdateSource,
+};
 use crate::state_dir::StateDir;
+use crate::update::Updates;
 use anyhow::Context;
 use intrust_board::{ButtonEvent, Led, LedPattern, LedRole, Mono};
 use std::collections::BTreeMap;
@@ -22,7 +27,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The agent's version, reported in status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -82,16 +87,62 @@ pub fn open_board(config: &Config) -> anyhow::Result<BoardHandle> {
 /// Runs the whole daemon until `shutdown` completes. Returns after a clean
 /// shutdown (socket removed, LEDs off).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let recovery = open_recovery(&config)?;
     let state = StateDir::open(&config.state_dir)?;
     let board = open_board(&config)?;
-    serve(
-        &config,
-        state,
-        board,
-        Arc::new(crate::recovery::NotWired),
-        shutdown,
-    )
-    .await
+    serve(&config, state, board, recovery, shutdown).await
+}
+
+/// The recovery the config names: [`AbRecovery`] from `recovery_config`
+/// (a broken file is an error naming its file and line), else [`NotWired`].
+pub fn open_recovery(config: &Config) -> anyhow::Result<Arc<dyn Recovery>> {
+    match &config.recovery_config {
+        Some(path) => {
+            let recovery = AbRecovery::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(config = %path.display(), board = %recovery.config().board, "recovery wired");
+            Ok(Arc::new(recovery))
+        }
+        None => {
+            tracing::warn!("no recovery_config in the agent config: a RESET gesture will erase nothing and updates are refused");
+            Ok(Arc::new(NotWired))
+        }
+    }
+}
+
+/// Work done on blocking threads, reported back to the loop.
+enum Done {
+    UpdateProgress {
+        attempt: u64,
+        percent: u8,
+    },
+    Update {
+        attempt: u64,
+        result: Result<UpdateOutcome, RecoveryError>,
+    },
+    MarkGood {
+        result: Result<MarkGood, RecoveryError>,
+        slots: Option<SlotsStatus>,
+    },
+    FactoryReset(Result<(), RecoveryError>),
+    /// The answer to `update status`, completed by the loop.
+    Slots {
+        result: Result<SlotsStatus, RecoveryError>,
+        reply: oneshot::Sender<Response>,
+    },
+}
+
+/// Whether the agent's apps pass their health checks. There are no apps
+/// yet; their checks join here, and mark-good waits for them.
+fn apps_healthy() -> bool {
+    true
+}
+
+/// What status reports that does not change while the daemon runs.
+struct Fixed {
+    started: Mono,
+    device_id: String,
+    board: String,
+    sim_socket: Option<PathBuf>,
 }
 
 /// The main loop over an opened state dir and board.
@@ -115,26 +166,48 @@ pub async fn serve(
 
     let mut gestures = Gestures::new(GestureConfig::from(&config.buttons));
     let mut app = Appliance::new(config.pairing.window());
+    let mut updates = Updates::new(recovery.is_wired());
     let mut shown: BTreeMap<LedRole, LedPattern> = BTreeMap::new();
     show_leds(&app.state(), &mut leds, &mut shown);
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlRequest>(16);
     let server = ControlServer::bind(&config.control_socket, ctl_tx)?;
+    // Unbounded: at most one message per percent of one install, plus one
+    // per request; the senders are blocking threads that must not wait.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
 
     app.handle_input(Input::BootFinished { paired }, Mono::now());
     let mut last_state = app.state();
     show_leds(&last_state, &mut leds, &mut shown);
+    let fixed = Fixed {
+        started,
+        device_id: device_id.to_string(),
+        board: board_name,
+        sim_socket,
+    };
     tracing::info!(
-        device_id = %device_id,
-        board = %board_name,
+        device_id = %fixed.device_id,
+        board = %fixed.board,
         control = %config.control_socket.display(),
-        sim = %sim_socket.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
+        sim = %fixed.sim_socket.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "none".into()),
         "intrustd {VERSION} ready, {last_state}"
     );
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("state: {last_state}")),
     ]);
+
+    // Up: board open, control socket serving. Once the apps are healthy
+    // too, the booted slot is good.
+    if apps_healthy() && updates.take_mark_good() {
+        let recovery = recovery.clone();
+        let done = done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = recovery.mark_good();
+            let slots = recovery.status().ok();
+            let _ = done.send(Done::MarkGood { result, slots });
+        });
+    }
 
     let mut watchdog = sd_notify::watchdog_enabled().map(|d| {
         let mut i = tokio::time::interval((d / 2).max(Duration::from_millis(10)));
@@ -174,34 +247,103 @@ pub async fn serve(
                 gestures.handle_timeout(now);
                 app.handle_timeout(now);
             }
+            Some(done) = done_rx.recv() => {
+                let now = Mono::now();
+                match done {
+                    Done::UpdateProgress { attempt, percent } => {
+                        if let Some(input) = updates.progress(attempt, percent) {
+                            app.handle_input(input, now);
+                        }
+                    }
+                    Done::Update { attempt, result } => {
+                        match &result {
+                            Ok(o) => tracing::info!(version = %o.version, slot = %o.slot, bytes = o.bytes, "update installed; slot {} starts on the next reboot", o.slot),
+                            Err(e) => tracing::error!(error = %e, "update failed"),
+                        }
+                        for input in updates.finish(attempt, result) {
+                            app.handle_input(input, now);
+                        }
+                    }
+                    Done::MarkGood { result, slots } => {
+                        match &result {
+                            Ok(MarkGood::Marked(s)) => tracing::info!(slot = %s, "booted slot marked good"),
+                            Ok(MarkGood::AlreadyGood(s)) => tracing::info!(slot = %s, "booted slot already good"),
+                            Err(e) => tracing::error!(error = %e, "cannot mark the booted slot good; the bootloader may fall back to the other slot"),
+                        }
+                        updates.mark_good_finished(result);
+                        if let Some(s) = &slots {
+                            updates.slots_read(s);
+                        }
+                    }
+                    Done::FactoryReset(result) => match result {
+                        Ok(()) => {
+                            tracing::warn!("factory reset done");
+                            app.handle_input(Input::ClearError, now);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "factory reset failed");
+                            app.handle_input(Input::SetError(format!("factory reset failed: {e}")), now);
+                        }
+                    },
+                    Done::Slots { result, reply } => {
+                        drive(&mut gestures, &mut app, &mut leds, &mut shown, &mut factory_reset_requests, &recovery, &done_tx);
+                        let response = match result {
+                            Ok(slots) => {
+                                updates.slots_read(&slots);
+                                Response::ok(status(&fixed, &app, &shown, factory_reset_requests, &updates, Some(&slots), now))
+                            }
+                            Err(e) => Response::error(format!("recovery status: {e}")),
+                        };
+                        let _ = reply.send(response);
+                    }
+                }
+            }
             Some(req) = ctl_rx.recv() => {
                 let now = Mono::now();
+                let mut refused = None;
+                let mut reply = Some(req.reply);
                 match req.request {
                     Request::Status => {}
                     Request::Pairing { action: PairingAction::Open } => app.handle_input(Input::OpenPairingWindow, now),
                     Request::Pairing { action: PairingAction::Close } => app.handle_input(Input::ClosePairingWindow, now),
+                    Request::Error { action: ErrorAction::Clear } => {
+                        tracing::info!("error cleared by the owner");
+                        app.handle_input(Input::ClearError, now);
+                    }
+                    Request::Update(UpdateRequest::Apply { source }) => {
+                        match UpdateSource::parse(&source).and_then(|s| updates.start(&s).map(|started| (s, started))) {
+                            Ok((source, (attempt, input))) => {
+                                tracing::info!(attempt, source = %source, "update started");
+                                app.handle_input(input, now);
+                                spawn_install(&recovery, &done_tx, attempt, source);
+                            }
+                            Err(e) => refused = Some(e),
+                        }
+                    }
+                    Request::Update(UpdateRequest::Status) => {
+                        if recovery.is_wired() {
+                            let recovery = recovery.clone();
+                            let done = done_tx.clone();
+                            let reply = reply.take();
+                            tokio::task::spawn_blocking(move || {
+                                if let Some(reply) = reply {
+                                    let _ = done.send(Done::Slots { result: recovery.status(), reply });
+                                }
+                            });
+                        } else {
+                            refused = Some(crate::recovery::NOT_WIRED.to_owned());
+                        }
+                    }
                 }
                 // The answer must show the LEDs the request caused.
-                drive(&mut gestures, &mut app, &mut leds, &mut shown, &mut factory_reset_requests, &recovery);
-                let status = Status {
-                    state: app.state().name(),
-                    device_id: device_id.to_string(),
-                    board: board_name.clone(),
-                    versions: Versions { intrustd: VERSION.into(), control_protocol: crate::control::PROTOCOL },
-                    leds: shown.clone(),
-                    pairing_window: PairingWindow {
-                        open: app.pairing_window_closes_at().is_some(),
-                        closes_in_ms: app
-                            .pairing_window_closes_at()
-                            .map(|t| t.saturating_since(now).as_millis() as u64),
-                    },
-                    factory_reset_requests,
-                    sim_socket: sim_socket.clone(),
-                    uptime_ms: now.saturating_since(started).as_millis() as u64,
-                    update_percent: match app.state() { State::Updating { percent } => Some(percent), _ => None },
-                    error: match app.state() { State::Error { message } => Some(message), _ => None },
-                };
-                let _ = req.reply.send(Response::ok(status));
+                drive(&mut gestures, &mut app, &mut leds, &mut shown, &mut factory_reset_requests, &recovery, &done_tx);
+                if let Some(reply) = reply {
+                    let response = match refused {
+                        Some(e) => Response::error(e),
+                        None => Response::ok(status(&fixed, &app, &shown, factory_reset_requests, &updates, None, now)),
+                    };
+                    let _ = reply.send(response);
+                }
             }
             _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
                 notify(&[sd_notify::NotifyState::Watchdog]);
@@ -214,6 +356,7 @@ pub async fn serve(
             &mut shown,
             &mut factory_reset_requests,
             &recovery,
+            &done_tx,
         );
         let now_state = app.state();
         if now_state != last_state {
@@ -226,6 +369,9 @@ pub async fn serve(
     }
 
     tracing::info!("shutting down");
+    if updates.is_running() {
+        tracing::warn!("shutting down during an update: the install thread finishes or is cut off with the process; the booted slot stays as it was");
+    }
     notify(&[sd_notify::NotifyState::Stopping]);
     drop(server); // stops accepting, removes the control socket
     for (role, led) in leds.iter_mut() {
@@ -236,11 +382,70 @@ pub async fn serve(
     drop(leds);
     drop(events);
     drop(keep_alive);
-    if let Some(p) = &sim_socket {
+    if let Some(p) = &fixed.sim_socket {
         // The sim server removes it too; make sure nothing is left behind.
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// The status as of `now`; `slots` only in the answer to `update status`.
+fn status(
+    fixed: &Fixed,
+    app: &Appliance,
+    shown: &BTreeMap<LedRole, LedPattern>,
+    factory_reset_requests: u64,
+    updates: &Updates,
+    slots: Option<&SlotsStatus>,
+    now: Mono,
+) -> Status {
+    let state = app.state();
+    Status {
+        state: state.name(),
+        device_id: fixed.device_id.clone(),
+        board: fixed.board.clone(),
+        versions: Versions {
+            intrustd: VERSION.into(),
+            control_protocol: crate::control::PROTOCOL,
+        },
+        leds: shown.clone(),
+        pairing_window: PairingWindow {
+            open: app.pairing_window_closes_at().is_some(),
+            closes_in_ms: app
+                .pairing_window_closes_at()
+                .map(|t| t.saturating_since(now).as_millis() as u64),
+        },
+        factory_reset_requests,
+        sim_socket: fixed.sim_socket.clone(),
+        uptime_ms: now.saturating_since(fixed.started).as_millis() as u64,
+        update_percent: match &state {
+            State::Updating { percent } => Some(*percent),
+            _ => None,
+        },
+        error: match state {
+            State::Error { message } => Some(message),
+            _ => None,
+        },
+        update: updates.status(slots),
+    }
+}
+
+/// Installs `source` on a blocking thread, reporting progress and the
+/// result as install `attempt`.
+fn spawn_install(
+    recovery: &Arc<dyn Recovery>,
+    done: &mpsc::UnboundedSender<Done>,
+    attempt: u64,
+    source: UpdateSource,
+) {
+    let recovery = recovery.clone();
+    let done = done.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = recovery.apply_update(&source, &mut |percent| {
+            let _ = done.send(Done::UpdateProgress { attempt, percent });
+        });
+        let _ = done.send(Done::Update { attempt, result });
+    });
 }
 
 /// Moves gestures into the appliance, carries out actions, updates LEDs.
@@ -251,6 +456,7 @@ fn drive(
     shown: &mut BTreeMap<LedRole, LedPattern>,
     factory_reset_requests: &mut u64,
     recovery: &Arc<dyn Recovery>,
+    done: &mpsc::UnboundedSender<Done>,
 ) {
     let now = Mono::now();
     while let Some(g) = gestures.poll_gesture() {
@@ -263,11 +469,10 @@ fn drive(
                 *factory_reset_requests += 1;
                 tracing::warn!("factory reset requested with the RESET button");
                 let recovery = recovery.clone();
+                let done = done.clone();
                 // Off the event loop: a real reset does disk IO.
                 tokio::task::spawn_blocking(move || {
-                    if let Err(e) = recovery.factory_reset() {
-                        tracing::error!(error = %e, "factory reset failed");
-                    }
+                    let _ = done.send(Done::FactoryReset(recovery.factory_reset()));
                 });
             }
         }
@@ -471,6 +676,202 @@ mod tests {
         assert!(!config.control_socket.exists());
         assert_eq!(last(&log, LedRole::Status), Some(LedPattern::Off));
         assert_eq!(last(&log, LedRole::Link), Some(LedPattern::Off));
+    }
+
+    /// Starts `serve` on a fake board with `recovery`; returns the control
+    /// socket, the stop sender and the task.
+    async fn start_with(
+        t: &tempfile::TempDir,
+        recovery: Arc<dyn Recovery>,
+    ) -> (
+        PathBuf,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        Log,
+    ) {
+        let config = Config {
+            state_dir: t.path().join("state"),
+            control_socket: t.path().join("control.sock"),
+            ..Config::default()
+        };
+        let state = StateDir::open(&config.state_dir).unwrap();
+        let log: Log = Default::default();
+        let (board, _tx) = fake_board(&log);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let cfg = config.clone();
+        let daemon = tokio::spawn(async move {
+            serve(&cfg, state, board, recovery, async {
+                let _ = stop_rx.await;
+            })
+            .await
+        });
+        wait_for("control socket", || config.control_socket.exists()).await;
+        (config.control_socket, stop_tx, daemon, log)
+    }
+
+    async fn stop(
+        stop_tx: tokio::sync::oneshot::Sender<()>,
+        daemon: tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        stop_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), daemon)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Polls status until `f` holds.
+    async fn status_until(
+        c: &mut ControlClient,
+        what: &str,
+        f: impl Fn(&Status) -> bool,
+    ) -> Status {
+        let t0 = std::time::Instant::now();
+        loop {
+            let s = c.status().await.unwrap();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}; last status {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn update_progress_shows_updating_one_at_a_time_then_pending_slot() {
+        let t = tempfile::tempdir().unwrap();
+        let recovery = Arc::new(Recorded::default());
+        recovery.hold_updates();
+        let (socket, stop_tx, daemon, log) = start_with(&t, recovery.clone()).await;
+        let mut c = ControlClient::connect(&socket).await.unwrap();
+        // Mark-good ran once, after start.
+        let s = status_until(&mut c, "mark-good", |s| {
+            s.update.as_ref().unwrap().mark_good != crate::control::MarkGoodState::Running
+                && s.update.as_ref().unwrap().mark_good != crate::control::MarkGoodState::Waiting
+        })
+        .await;
+        assert_eq!(
+            s.update.unwrap().mark_good,
+            crate::control::MarkGoodState::Marked { slot: "A".into() }
+        );
+        assert_eq!(recovery.mark_goods(), 1);
+
+        let s = c.update_apply("/tmp/u.bundle").await.unwrap();
+        assert_eq!(s.state, StateName::Updating);
+        assert!(s.update.as_ref().unwrap().running);
+        let s = status_until(&mut c, "42 %", |s| s.update_percent == Some(42)).await;
+        assert_eq!(
+            s.leds[&LedRole::Status],
+            State::Updating { percent: 42 }.led(LedRole::Status)
+        );
+        assert_eq!(
+            last(&log, LedRole::Status),
+            Some(State::Updating { percent: 0 }.led(LedRole::Status))
+        );
+        // A second update while one runs is refused, with a reason.
+        let err = c
+            .update_apply("/tmp/other.bundle")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already running"), "{err}");
+        let err = c
+            .update_apply("https://example.com/u.bundle")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("URLs are not supported yet"), "{err}");
+        recovery.release_updates();
+        let s = status_until(&mut c, "update done", |s| {
+            !s.update.as_ref().unwrap().running
+        })
+        .await;
+        assert_eq!(s.state, StateName::Unpaired);
+        assert_eq!(s.update_percent, None);
+        let u = s.update.unwrap();
+        assert_eq!(u.pending_slot.as_deref(), Some("B"));
+        let l = u.last.unwrap();
+        assert!(l.ok);
+        assert_eq!((l.attempt, l.slot.as_deref()), (1, Some("B")));
+        assert_eq!(
+            recovery.updates(),
+            [UpdateSource::File("/tmp/u.bundle".into())]
+        );
+        // update status carries the recovery's slots.
+        let s = c.update_status().await.unwrap();
+        let slots = s.update.unwrap().slots.unwrap();
+        assert_eq!(
+            (slots.booted.as_str(), slots.pending.as_deref()),
+            ("A", Some("B"))
+        );
+        assert_eq!(recovery.mark_goods(), 1, "mark-good runs once");
+        stop(stop_tx, daemon).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_update_shows_error_until_cleared() {
+        let t = tempfile::tempdir().unwrap();
+        let recovery = Arc::new(Recorded::default());
+        recovery.fail_updates(Some("signature does not verify"));
+        let (socket, stop_tx, daemon, _log) = start_with(&t, recovery.clone()).await;
+        let mut c = ControlClient::connect(&socket).await.unwrap();
+        c.update_apply("/tmp/u.bundle").await.unwrap();
+        let s = status_until(&mut c, "error", |s| s.state == StateName::Error).await;
+        assert_eq!(
+            s.error.as_deref(),
+            Some("update failed: signature does not verify")
+        );
+        assert_eq!(
+            s.leds[&LedRole::Status],
+            State::Error {
+                message: String::new()
+            }
+            .led(LedRole::Status)
+        );
+        let l = s.update.unwrap().last.unwrap();
+        assert!(!l.ok);
+        assert_eq!(l.error.as_deref(), Some("signature does not verify"));
+        let s = c.clear_error().await.unwrap();
+        assert_eq!(s.state, StateName::Unpaired);
+        assert_eq!(s.error, None);
+        // The next successful update also clears an error.
+        recovery.fail_updates(Some("again"));
+        c.update_apply("/tmp/u.bundle").await.unwrap();
+        status_until(&mut c, "error", |s| s.state == StateName::Error).await;
+        recovery.fail_updates(None);
+        c.update_apply("/tmp/u.bundle").await.unwrap();
+        let s = status_until(&mut c, "success", |s| {
+            s.update
+                .as_ref()
+                .unwrap()
+                .last
+                .as_ref()
+                .is_some_and(|l| l.attempt == 3)
+        })
+        .await;
+        assert_eq!(s.state, StateName::Unpaired);
+        stop(stop_tx, daemon).await;
+    }
+
+    #[tokio::test]
+    async fn without_recovery_updates_are_refused_and_status_has_no_update() {
+        let t = tempfile::tempdir().unwrap();
+        let (socket, stop_tx, daemon, _log) =
+            start_with(&t, Arc::new(crate::recovery::NotWired)).await;
+        let mut c = ControlClient::connect(&socket).await.unwrap();
+        assert_eq!(c.status().await.unwrap().update, None);
+        for err in [
+            c.update_apply("/tmp/u.bundle").await.unwrap_err(),
+            c.update_status().await.unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("recovery_config"), "{err}");
+        }
+        assert_eq!(c.status().await.unwrap().state, StateName::Unpaired);
+        stop(stop_tx, daemon).await;
     }
 
     #[tokio::test]

@@ -1,9 +1,11 @@
 //! The Intrustd appliance agent: configuration, state directory, button
-//! gestures, the appliance state machine and its LED policy, the local
-//! control API and the daemon shell that ties them to a board.
+//! gestures, the appliance state machine and its LED policy, updates and
+//! factory reset through recovery, the local control API and the daemon
+//! shell that ties them to a board.
 //!
-//! `gestures` and `appliance` are sans-IO (time comes in as `Mono`); the
-//! `daemon` module is the only place that reads clocks and does IO for them.
+//! `gestures`, `appliance` and `update` are sans-IO (time comes in as
+//! `Mono`); the `daemon` module is the only place that reads clocks and
+//! does IO for them.
 
 pub mod appliance;
 pub mod config;
@@ -13,3 +15,4 @@ pub mod gestures;
 pub mod logging;
 pub mod recovery;
 pub mod state_dir;
+pub mod update;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use intrust_agent::control::{ControlClient, Status};
+use intrust_agent::control::{ControlClient, MarkGoodState, Status};
 use intrust_board::sim::{SimClient, SimIn, SimOut};
 use intrust_board::{Button, Edge, LedPattern};
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show the agent's state, LEDs and pairing window.
+    /// Show the agent's state, LEDs, pairing window and updates.
     Status {
         /// Print the raw status JSON.
         #[arg(long)]
@@ -38,6 +38,16 @@ enum Command {
         #[arg(value_parser = ["open", "close"])]
         action: String,
     },
+    /// Install an update, or show the A/B slots.
+    Update {
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
+    /// The error state (triple-flash LED).
+    Error {
+        #[command(subcommand)]
+        command: ErrorCommand,
+    },
     /// Drive or watch the simulated board.
     Board {
         /// The sim socket (default: the one the agent reports in its status).
@@ -46,6 +56,28 @@ enum Command {
         #[command(subcommand)]
         command: BoardCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdateCommand {
+    /// Install a signed bundle into the other slot; prints progress, exits
+    /// non-zero if the install fails. The new slot starts on the next reboot.
+    Apply {
+        /// The bundle file (a path on this device).
+        source: String,
+    },
+    /// Show the slots: booted, boot order, pending, tries, last error, mark-good.
+    Status {
+        /// Print the raw status JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ErrorCommand {
+    /// Clear the error: the status LED returns to what it showed before.
+    Clear,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +155,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await?;
             print_window(&status);
         }
+        Command::Update { command } => update(&args.socket, command).await?,
+        Command::Error {
+            command: ErrorCommand::Clear,
+        } => {
+            let status = ControlClient::connect(&args.socket)
+                .await?
+                .clear_error()
+                .await?;
+            println!("state:           {}", status.state);
+        }
         Command::Board {
             sim_socket,
             command,
@@ -141,6 +183,136 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How often `update apply` asks for progress.
+const POLL: Duration = Duration::from_millis(100);
+
+async fn update(socket: &Path, command: UpdateCommand) -> anyhow::Result<()> {
+    let mut client = ControlClient::connect(socket).await?;
+    match command {
+        UpdateCommand::Status { json } => {
+            let status = client.update_status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_update(&status);
+            }
+        }
+        UpdateCommand::Apply { source } => {
+            let source = bundle_source(&source)?;
+            let started = client.update_apply(&source).await?;
+            let attempt = started.update.as_ref().map_or(0, |u| u.attempts);
+            println!("updating from {source}");
+            let mut shown = None;
+            loop {
+                let status = client.status().await?;
+                if let Some(p) = status.update_percent {
+                    if shown != Some(p) {
+                        println!("progress {p}%");
+                        shown = Some(p);
+                    }
+                }
+                let last = status
+                    .update
+                    .as_ref()
+                    .and_then(|u| u.last.as_ref())
+                    .filter(|l| l.attempt == attempt);
+                if let Some(last) = last {
+                    if last.ok {
+                        println!(
+                            "installed {} into slot {}; it starts on the next reboot",
+                            last.version.as_deref().unwrap_or("?"),
+                            last.slot.as_deref().unwrap_or("?")
+                        );
+                        return Ok(());
+                    }
+                    bail!(
+                        "update failed: {}",
+                        last.error.as_deref().unwrap_or("no reason given")
+                    );
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A path the daemon can open: absolute, checked here so a typo fails
+/// before the LED says "updating". URLs pass through (the agent says
+/// whether it can fetch them).
+fn bundle_source(source: &str) -> anyhow::Result<String> {
+    if source.contains("://") {
+        return Ok(source.to_owned());
+    }
+    let path = std::fs::canonicalize(source)
+        .with_context(|| format!("cannot find the bundle {source}"))?;
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("bundle path {} is not UTF-8", path.display()))
+}
+
+fn print_update(s: &Status) {
+    let Some(u) = &s.update else {
+        println!("updates:         not wired (no recovery_config)");
+        return;
+    };
+    if let Some(slots) = &u.slots {
+        println!("booted slot:     {}", slots.booted);
+        println!("boot order:      {}", slots.order.join(" "));
+        println!(
+            "pending:         {}",
+            slots
+                .pending
+                .as_deref()
+                .map_or("none".to_owned(), |p| format!(
+                    "slot {p} on the next reboot"
+                ))
+        );
+        let tries: Vec<String> = slots
+            .tries
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("tries left:      {}", tries.join(" "));
+        if let Some(e) = &slots.last_error {
+            println!("last error:      {e}");
+        }
+    } else if let Some(p) = &u.pending_slot {
+        println!("pending:         slot {p} on the next reboot");
+    }
+    if u.running {
+        println!(
+            "update:          #{} running, {}%",
+            u.attempts,
+            s.update_percent.unwrap_or(0)
+        );
+    }
+    if let Some(l) = &u.last {
+        if l.ok {
+            println!(
+                "last update:     #{} {} installed into slot {}",
+                l.attempt,
+                l.version.as_deref().unwrap_or("?"),
+                l.slot.as_deref().unwrap_or("?")
+            );
+        } else {
+            println!(
+                "last update:     #{} failed: {}",
+                l.attempt,
+                l.error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    let mark_good = match &u.mark_good {
+        MarkGoodState::Waiting => "waiting for the agent to be healthy".to_owned(),
+        MarkGoodState::Running => "running".to_owned(),
+        MarkGoodState::Marked { slot } => format!("slot {slot} marked good"),
+        MarkGoodState::AlreadyGood { slot } => format!("slot {slot} was already good"),
+        MarkGoodState::Failed { error } => format!("failed: {error}"),
+    };
+    println!("mark-good:       {mark_good}");
 }
 
 fn lit(p: &LedPattern) -> &'static str {
@@ -167,9 +339,17 @@ fn print_status(s: &Status) {
     }
     print_window(s);
     println!(
-        "factory resets:  {} requested (not wired to recovery yet)",
-        s.factory_reset_requests
+        "factory resets:  {} requested{}",
+        s.factory_reset_requests,
+        if s.update.is_some() {
+            ""
+        } else {
+            " (not wired: no recovery_config)"
+        }
     );
+    if s.update.is_some() {
+        print_update(s);
+    }
     if let Some(p) = &s.sim_socket {
         println!("sim socket:      {}", p.display());
     }

@@ -56,8 +56,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     if args.check_config {
         let profile = daemon::load_profile(&config)?;
+        let recovery = match &config.recovery_config {
+            Some(path) => {
+                intrust_agent::recovery::AbRecovery::load(path)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                format!("recovery from {}", path.display())
+            }
+            None => "no recovery_config: resets and updates not wired".into(),
+        };
         println!(
-            "{}: OK (board {:?} from {}, state in {})",
+            "{}: OK (board {:?} from {}, state in {}, {recovery})",
             args.config.display(),
             profile.name,
             profile.origin,
