@@ -24,7 +24,7 @@ const ROOT_LEN: usize = 3 << 20;
 const KERN_LEN: usize = 512 << 10;
 const ENV_SIZE: u64 = 0x4000;
 const RUNS: u64 = 20;
-const SEED: u64 = 0x5eed_0f_c0ffee;
+const SEED: u64 = 0x5eed_0fc0_ffee;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
