@@ -15,6 +15,12 @@ use crate::{apt, cross, Outcome};
 pub const HOST_PACKAGES: &[&str] = &[
     // fw_printenv/fw_setenv: recovery's U-Boot env interop tests.
     "libubootenv-tool",
+    // mkimage: recovery/boot/boot.cmd is compiled to a U-Boot script image.
+    "u-boot-tools",
+    // grub-script-check and grub-emu: recovery/boot/grub.cfg is checked and
+    // run by GRUB itself against the Rust boot model.
+    "grub-common",
+    "grub-emu",
 ];
 
 struct Step {
