@@ -20,7 +20,9 @@
 //! sector units and [`Recorder::crash_states`] picks subsets of them: all
 //! subsets when there are few, else every prefix (writes landing in issue
 //! order), each unit alone, all but one unit, and seeded random subsets.
-//! Invariant: the same log and seed always give the same states.
+//! [`Recorder::crash_states_torn_at`] models a weaker medium that tears
+//! inside a sector. Invariant: the same log and seed always give the same
+//! states.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -238,6 +240,14 @@ impl Recorder {
     /// the range, and the range's end), with random subsets drawn from
     /// `seed`. See the module docs for the model.
     pub fn crash_states(&self, ops: Range<usize>, seed: u64) -> Vec<CrashState> {
+        self.crash_states_torn_at(ops, seed, SECTOR)
+    }
+
+    /// [`Recorder::crash_states`] on a weaker medium that writes only
+    /// `unit` bytes atomically (e.g. 16 for a card that tears inside a
+    /// sector); `unit` 0 counts as 1.
+    pub fn crash_states_torn_at(&self, ops: Range<usize>, seed: u64, unit: u64) -> Vec<CrashState> {
+        let unit = unit.max(1);
         let log = self.0.borrow();
         let end = ops.end.min(log.ops.len());
         let mut points: Vec<usize> = (ops.start..end)
@@ -248,7 +258,7 @@ impl Recorder {
         let mut rng = SplitMix64(seed);
         let mut states = Vec::new();
         for at in points {
-            let units: Rc<[Unit]> = in_flight_units(&log.ops[..at]).into();
+            let units: Rc<[Unit]> = in_flight_units(&log.ops[..at], unit).into();
             for (landed, choice) in subsets(units.len(), &mut rng) {
                 states.push(CrashState {
                     at,
@@ -373,9 +383,9 @@ fn durable_writes(ops: &[Op]) -> Vec<bool> {
     durable
 }
 
-/// The writes in `ops` not yet made durable, cut at sector boundaries, in
-/// issue order.
-fn in_flight_units(ops: &[Op]) -> Vec<Unit> {
+/// The writes in `ops` not yet made durable, cut at multiples of `unit`
+/// (a sector), in issue order.
+fn in_flight_units(ops: &[Op], unit: u64) -> Vec<Unit> {
     let durable = durable_writes(ops);
     let mut units = Vec::new();
     for (i, op) in ops.iter().enumerate() {
@@ -393,8 +403,8 @@ fn in_flight_units(ops: &[Op]) -> Vec<Unit> {
         let mut start = 0usize;
         while start < data.len() {
             let at = offset + start as u64;
-            let to_boundary = (SECTOR - at % SECTOR) as usize;
-            let end = (start + to_boundary).min(data.len());
+            let to_boundary = usize::try_from(unit - at % unit).unwrap_or(usize::MAX);
+            let end = start.saturating_add(to_boundary).min(data.len());
             units.push(Unit {
                 op: i,
                 device: *device,
@@ -508,9 +518,12 @@ mod tests {
     fn in_flight_writes_tear_at_sector_boundaries() {
         let (r, mut a, _) = recorder();
         a.write_at(100, &[7; 1000]).unwrap();
-        let units = in_flight_units(&r.ops());
+        let units = in_flight_units(&r.ops(), SECTOR);
         let spans: Vec<_> = units.iter().map(|u| (u.offset, u.end - u.start)).collect();
         assert_eq!(spans, vec![(100, 412), (512, 512), (1024, 76)]);
+        let fine = in_flight_units(&r.ops(), 300);
+        assert_eq!(fine.len(), 4);
+        assert_eq!((fine[0].offset, fine[0].end), (100, 200));
         let states = r.crash_states(0..r.len(), 1);
         assert_eq!(states.len(), 8);
         let torn = states
