@@ -6,7 +6,11 @@
 //! never opened for writing (the config forbids aliased devices); the env is
 //! written at most twice, first only to set the target's tries to 0, last
 //! to activate it, and the second write happens only after every image was
-//! whole, matched its SHA-256 and was fsynced.
+//! whole, matched its SHA-256 and was fsynced. Every write and fsync goes
+//! through [`Storage`] (slot devices opened by an [`OpenStorage`]), so
+//! `tests/crash_states.rs` replays the power-cut states of all these steps
+//! with [`crate::crash`]; `tests/sigkill.rs` kills the real binary
+//! mid-install.
 //!
 //! # Safety argument: what is on disk if power is cut right here
 //!
