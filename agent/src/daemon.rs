@@ -95,11 +95,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// The recovery the config names: [`AbRecovery`] from `recovery_config`
 /// (a broken file is an error naming its file and line), else [`NotWired`].
+/// Finishes a factory reset a power cut interrupted, so it runs before the
+/// state directory is read.
 pub fn open_recovery(config: &Config) -> anyhow::Result<Arc<dyn Recovery>> {
     match &config.recovery_config {
         Some(path) => {
             let recovery = AbRecovery::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
             tracing::info!(config = %path.display(), board = %recovery.config().board, "recovery wired");
+            recovery.finish_interrupted_reset()?;
             Ok(Arc::new(recovery))
         }
         None => {
@@ -780,11 +783,11 @@ mod tests {
             .to_string();
         assert!(err.contains("already running"), "{err}");
         let err = c
-            .update_apply("https://example.com/u.bundle")
+            .update_apply("http://example.com/u.bundle")
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("URLs are not supported yet"), "{err}");
+        assert!(err.contains("http"), "{err}");
         recovery.release_updates();
         let s = status_until(&mut c, "update done", |s| {
             !s.update.as_ref().unwrap().running

@@ -10,7 +10,8 @@
 
 use intrust_recovery::boot::{BootState, Slot};
 use intrust_recovery::config::Config as RecoveryConfig;
-use intrust_recovery::{bootenv, install, slots};
+use intrust_recovery::factory_reset::{self, FactoryResetError};
+use intrust_recovery::{bootenv, fetch, install, slots};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
@@ -32,17 +33,19 @@ impl RecoveryError {
 pub enum UpdateSource {
     /// A bundle file on this device (an absolute path).
     File(PathBuf),
+    /// An `https://` URL, fetched by recovery (trusting only its
+    /// `update_ca`).
+    Url(String),
 }
 
 impl UpdateSource {
-    /// Parses what a control request names: an absolute path. URLs are
-    /// refused until the recovery crate can fetch them.
+    /// Parses what a control request names: an `https://` URL or an
+    /// absolute path. Other URLs (`http://`, …) are refused here, before
+    /// anything starts.
     pub fn parse(text: &str) -> Result<UpdateSource, String> {
-        let lower = text.to_ascii_lowercase();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
-            return Err(format!(
-                "URLs are not supported yet ({text}): copy the bundle to the device and give its path"
-            ));
+        if fetch::looks_like_url(text) {
+            fetch::Url::parse(text).map_err(|e| e.to_string())?;
+            return Ok(UpdateSource::Url(text.to_owned()));
         }
         let path = Path::new(text);
         if !path.is_absolute() {
@@ -58,6 +61,7 @@ impl std::fmt::Display for UpdateSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             UpdateSource::File(p) => write!(f, "{}", p.display()),
+            UpdateSource::Url(u) => f.write_str(u),
         }
     }
 }
@@ -138,16 +142,53 @@ impl AbRecovery {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.busy.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Finishes a factory reset a power cut interrupted; call at start,
+    /// before anything reads the data area. `Ok(false)`: there was none.
+    ///
+    /// A data area that is missing or not a directory is not an error here
+    /// (nothing can have been half wiped in it; a reset will report it), so
+    /// the agent still starts and can be updated. An IO error is: the data
+    /// may be half wiped, and the agent must not run on it.
+    pub fn finish_interrupted_reset(&self) -> Result<bool, RecoveryError> {
+        let _busy = self.lock();
+        match factory_reset::finish_interrupted(&self.config) {
+            Ok(None) => Ok(false),
+            Ok(Some(report)) => {
+                tracing::warn!(
+                    removed = report.removed.len(),
+                    kept = ?report.kept,
+                    "finished a factory reset that was cut short"
+                );
+                Ok(true)
+            }
+            Err(
+                e @ (FactoryResetError::DataMissing(_)
+                | FactoryResetError::NotADirectory(_)
+                | FactoryResetError::RootDirectory(_)),
+            ) => {
+                tracing::warn!(error = %e, "data area not usable; a factory reset will fail");
+                Ok(false)
+            }
+            Err(e) => Err(RecoveryError(format!(
+                "cannot finish a factory reset that was cut short: {e}"
+            ))),
+        }
+    }
 }
 
 impl Recovery for AbRecovery {
     fn factory_reset(&self) -> Result<(), RecoveryError> {
         let _busy = self.lock();
-        // STUB(factory-reset): wire `intrust_recovery::factory_reset::factory_reset`
-        // here once it is in the recovery crate.
-        Err(RecoveryError(
-            "factory reset is not available in this build".into(),
-        ))
+        let report = factory_reset::factory_reset(&self.config).map_err(RecoveryError::msg)?;
+        tracing::warn!(
+            data = %self.config.data.display(),
+            removed = report.removed.len(),
+            kept = ?report.kept,
+            finished_interrupted = report.finished_interrupted,
+            "factory reset: data area wiped"
+        );
+        Ok(())
     }
 
     fn apply_update(
@@ -164,6 +205,10 @@ impl Recovery for AbRecovery {
                     |e| RecoveryError(format!("cannot open bundle {}: {e}", path.display())),
                 )?))
             }
+            UpdateSource::Url(url) => Box::new(
+                fetch::open(url, &self.config)
+                    .map_err(|e| RecoveryError(format!("cannot fetch {url}: {e}")))?,
+            ),
         };
         let mut last = None;
         let result = install::install(&self.config, input, booted, env.as_mut(), &mut |p| {
@@ -385,13 +430,17 @@ mod tests {
     }
 
     #[test]
-    fn sources_are_absolute_paths_urls_are_refused() {
+    fn sources_are_absolute_paths_or_https_urls() {
         assert_eq!(
             UpdateSource::parse("/tmp/u.bundle").unwrap(),
             UpdateSource::File("/tmp/u.bundle".into())
         );
-        let err = UpdateSource::parse("HTTPS://example.com/u.bundle").unwrap_err();
-        assert!(err.contains("URLs are not supported yet"), "{err}");
+        assert_eq!(
+            UpdateSource::parse("https://updates.example.com/u.bundle").unwrap(),
+            UpdateSource::Url("https://updates.example.com/u.bundle".into())
+        );
+        let err = UpdateSource::parse("http://example.com/u.bundle").unwrap_err();
+        assert!(err.contains("http"), "{err}");
         let err = UpdateSource::parse("u.bundle").unwrap_err();
         assert!(err.contains("absolute path"), "{err}");
     }
