@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 use crate::cmd::{self, say};
 use crate::cross;
 
+mod update;
+
 pub const GROUPS: &[(&str, &str)] = &[
     (
         "board",
@@ -19,6 +21,10 @@ pub const GROUPS: &[(&str, &str)] = &[
     (
         "footprint",
         "sizes of the stripped aarch64 intrustd, intrustctl and intrust-recovery",
+    ),
+    (
+        "update",
+        "install 256 MiB into a file slot: intrust-recovery vs dd | sha256sum and rauc (time, peak RSS)",
     ),
 ];
 
@@ -48,6 +54,7 @@ fn run_group(root: &Path, group: &str) -> Result<()> {
     match group {
         "board" => board(root),
         "footprint" => footprint(root),
+        "update" => update::run(root),
         other => {
             let names: Vec<&str> = GROUPS.iter().map(|(n, _)| *n).collect();
             bail!(

@@ -36,7 +36,7 @@ Commands:
   cross               build aarch64 binaries into target/cross/dist/, run
                       intrustd --version and a HIL scenario under qemu-aarch64
   bench [GROUP]       benchmarks, one JSON line per figure on stdout;
-                      groups: board, footprint (default: all)
+                      groups: board, footprint, update (default: all)
   lint                cargo fmt --check and clippy -D warnings
   help                this text (also -h, --help; `cargo xtask CMD --help`)
 
