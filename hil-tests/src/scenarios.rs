@@ -34,8 +34,14 @@ const SHORT_WINDOW: Duration = Duration::from_secs(3);
 /// Length of the taps in `led-latency` (a PAIR press counts from 50 ms).
 pub const LATENCY_TAP: Duration = Duration::from_millis(60);
 pub const LATENCY_TAPS: usize = 50;
-/// Budget for the DUT's debounced-edge → LED latency, p99.
-pub const LATENCY_P99_LIMIT_MS: f64 = 5.0;
+/// Limits for the DUT's debounced-edge → LED latency in this scenario. They
+/// catch a broken or blocked LED path, not a slow machine: the median must
+/// be within the 5 ms target, the p99 within what a person perceives as
+/// instant (CI machines are shared and noisy). The p99 ≤ 5 ms target itself
+/// is measured, not asserted, by `intrust-hil bench board` over ≥ 1,000
+/// presses.
+pub const LATENCY_P50_LIMIT_MS: f64 = 5.0;
+pub const LATENCY_P99_LIMIT_MS: f64 = 50.0;
 /// Armed seen this long after pressing RESET (configured: 5 s).
 const ARMED_WINDOW_S: (f64, f64) = (4.9, 5.6);
 /// Armed reset cancelled this long after pressing RESET (configured: 30 s).
@@ -96,7 +102,7 @@ pub static SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "led-latency",
-        summary: "50 PAIR taps: debounced edge to LED change p99 <= 5 ms (and rig end-to-end)",
+        summary: "50 PAIR taps: debounced edge to LED change p50 <= 5 ms, p99 <= 50 ms (and rig end-to-end)",
         settings: default_settings,
         timeout: Duration::from_secs(120),
         run: |rig, rec| Box::pin(led_latency(rig, rec)),
@@ -524,7 +530,12 @@ pub async fn led_latency(rig: &dyn Rig, rec: &mut Recorder) -> anyhow::Result<()
                 "",
                 Some(Limits::exactly(run.samples.len() as f64)),
             );
-            rec.measure("button_to_led_p50_ms", percentile(&dut, 50.0), "ms", None);
+            rec.measure(
+                "button_to_led_p50_ms",
+                percentile(&dut, 50.0),
+                "ms",
+                Some(Limits::at_most(LATENCY_P50_LIMIT_MS)),
+            );
             rec.measure(
                 "button_to_led_p99_ms",
                 percentile(&dut, 99.0),
