@@ -1,3 +1,16 @@
-//! The rendezvous service and the browser client. Not built yet: see the
-//! peer connection issue. flock is untrusted by design: it relays signalling
-//! and never sees a password, a token or app data.
+//! flock, the rendezvous service: devices keep one authenticated
+//! connection here, browsers reach it from the portal page, and flock
+//! relays WebRTC signalling between one browser session and the named
+//! device, nothing else. It is untrusted by design: it never sees a
+//! password, a token or app data (see `ARCHITECTURE.md`, "Peer connection").
+//!
+//! - [`core`]: the sans-IO state machine (registry, sessions, limits);
+//! - [`registry`], [`rate`], [`turn`]: its parts;
+//! - [`proto`]: the wire types (the `flock-proto` crate).
+
+pub mod core;
+pub mod rate;
+pub mod registry;
+pub mod turn;
+
+pub use flock_proto as proto;
