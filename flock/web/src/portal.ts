@@ -50,7 +50,8 @@ function explain(e: unknown): string {
       case "unknown-device":
         return "No appliance has that name. Check the label on the appliance.";
       case "offline":
-        return "The appliance is not online. Check that it is plugged in and connected to the internet.";
+        // flock says "unknown or offline" in one message, so the advice covers both.
+        return "No appliance with that name is online. Check the name on the label, and that the appliance is plugged in and connected to the internet.";
       case "unreachable":
         return `The rendezvous service cannot be reached (${e.message}). Check your internet connection.`;
       default:
