@@ -6,11 +6,15 @@
 //!
 //! - [`core`]: the sans-IO state machine (registry, sessions, limits);
 //! - [`registry`], [`rate`], [`turn`]: its parts;
+//! - [`server`], [`http`], [`config`]: the tokio shell and the `flock` binary's setup;
 //! - [`proto`]: the wire types (the `flock-proto` crate).
 
+pub mod config;
 pub mod core;
+pub mod http;
 pub mod rate;
 pub mod registry;
+pub mod server;
 pub mod turn;
 
 pub use flock_proto as proto;
