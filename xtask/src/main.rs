@@ -10,6 +10,7 @@ mod cross;
 mod demo;
 mod signals;
 mod test;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

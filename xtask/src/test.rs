@@ -1,5 +1,5 @@
 //! `cargo xtask test`: what CI runs (`.ci/run`). Host packages, the
-//! workspace tests, the aarch64 build run under QEMU, then a summary with
+//! browser client's tests and bundle, the workspace tests, the aarch64 build run under QEMU, then a summary with
 //! the time of each step. Any failed step makes the exit status non-zero.
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::cmd::{self, say};
-use crate::{apt, cross, Outcome};
+use crate::{apt, cross, web, Outcome};
 
 /// Debian packages the host tests need beyond Rust and a C compiler.
 /// (The rendezvous, app and update issues add coturn, crun, nix-bin, rauc…)
@@ -49,6 +49,11 @@ pub fn run(root: &Path, cross: bool) -> Result<()> {
 
     let deps_ok = step("host packages", &mut || {
         apt::ensure("host tests", HOST_PACKAGES)?;
+        Ok(Outcome::Done)
+    });
+    // The browser client before the Rust tests: flock serves its bundle.
+    step("browser client (npm)", &mut || {
+        web::test_and_build(root)?;
         Ok(Outcome::Done)
     });
     if deps_ok {
