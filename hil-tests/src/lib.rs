@@ -8,6 +8,7 @@
 //! [`wire`] types, written from `ARCHITECTURE.md`: it is an outside observer.
 
 pub mod bench;
+pub mod browser;
 pub mod daemon;
 pub mod expect;
 pub mod record;

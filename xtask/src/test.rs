@@ -21,6 +21,9 @@ pub const HOST_PACKAGES: &[&str] = &[
     // run by GRUB itself against the Rust boot model.
     "grub-common",
     "grub-emu",
+    // Headless Chromium driven over WebDriver: hil-tests' browser tests.
+    "chromium",
+    "chromium-driver",
 ];
 
 struct Step {
