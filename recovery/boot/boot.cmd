@@ -54,10 +54,11 @@ test -n "${intrust_known}" || setenv intrust_order "A B"
 
 # Tries: default, then the leading decimal number, clamped to 9. `test`
 # reads "0x5" as hex and "09" as octal; the model reads leading decimal
-# digits ("0x5" is 0, "09" is 9). So the first word (leading blanks
-# dropped, as the model does) gets a "1" in front, which `test` always reads
-# as decimal: with L leading digits d, "1d" is 10^L + d, compared for
-# L = 1..9 (longer digit strings, never written, read as 0).
+# digits ("0x5" is 0, "09" is 9). So the first word (leading spaces
+# dropped, as the model does; a leading tab is not) gets a "1" in front,
+# which `test` always reads as decimal: with L leading digits d, "1d" is
+# 10^L + d, compared for L = 1..9 (longer digit strings read as 0). The
+# recovery only ever writes 0..9; the rest is for hand-edited values.
 test -n "${BOOT_A_LEFT}" || setenv BOOT_A_LEFT 3
 test -n "${BOOT_B_LEFT}" || setenv BOOT_B_LEFT 3
 setenv intrust_va

@@ -36,8 +36,10 @@ const QEMU: &str = "qemu-system-aarch64";
 const ENV_SIZE: usize = 0x4000;
 const BLOCK: usize = 512;
 const AREA_BLOCKS: usize = ENV_SIZE / BLOCK;
-/// Disk layout in 512-byte blocks: driver script, boot.scr, env areas.
+/// Disk layout in 512-byte blocks: the two driver scripts, boot.scr, env
+/// areas (one per case, then the one for the real boots).
 const DRIVER_BLK: usize = 0;
+const REAL_DRIVER_BLK: usize = 0x80;
 const SCRIPT_BLK: usize = 0x100;
 const SCRIPT_BLOCKS: usize = 0x100;
 const FIRST_AREA_BLK: usize = 0x200;
@@ -143,36 +145,32 @@ fn cases() -> Vec<Case> {
         distro_path: false,
     };
     let mut cases = Vec::new();
-    // The orders an update writes, with every try value that matters to the
-    // decision (unset means 3); other orders with the telling pairs.
-    let written = [None, Some("0"), Some("1"), Some("2")];
-    for order in [None, Some("A B"), Some("B A"), Some("B")] {
+    // Every order with every try value the recovery writes (unset means 3).
+    let orders = [
+        None,
+        Some(""),
+        Some("A B"),
+        Some("B A"),
+        Some("B"),
+        Some("A"),
+        Some("junk"),
+        Some("C junk B"),
+        Some(" B  A "),
+    ];
+    let written = [None, Some("0"), Some("1"), Some("2"), Some("3")];
+    for order in orders {
         for a in written {
             for b in written {
                 cases.push(one(order, a, b));
             }
         }
     }
-    let pairs = [
-        (None, None),
-        (Some("0"), Some("0")),
-        (Some("0"), Some("1")),
-        (Some("1"), Some("0")),
-        (Some("2"), Some("2")),
-    ];
-    for order in [
-        Some(""),
-        Some("A"),
-        Some("junk"),
-        Some("C junk B"),
-        Some(" B  A "),
-    ] {
-        for (a, b) in pairs {
-            cases.push(one(order, a, b));
-        }
-    }
-    // Values the recovery never writes: how each slot reads them (the
-    // other slot has none, so a reading of 0 resets) and counts them down.
+    // Values the recovery never writes: how each slot reads them and counts
+    // Values the recovery never writes: how each slot reads them and counts
+    // them down (the other slot has no tries, so a reading of 0 resets; or
+    // one try, so a reading of 0 boots the other slot). Not here: a leading
+    // tab or other non-space blank, which the model drops and the script
+    // does not (see boot.cmd).
     let garbage = [
         "",
         "   ",
@@ -192,8 +190,10 @@ fn cases() -> Vec<Case> {
         "123456789",
     ];
     for g in garbage {
-        cases.push(one(Some("A B"), Some(g), Some("0")));
-        cases.push(one(Some("B A"), Some("0"), Some(g)));
+        for other in ["0", "1"] {
+            cases.push(one(Some("A B"), Some(g), Some(other)));
+            cases.push(one(Some("B A"), Some(other), Some(g)));
+        }
     }
     // Invalid areas, each after a case that leaves B chosen in U-Boot's
     // RAM: the script must not use those leftover values.
@@ -241,10 +241,10 @@ fn area_blk(i: usize) -> usize {
     FIRST_AREA_BLK + i * AREA_BLOCKS
 }
 
-fn driver_text(cases: &[Case]) -> String {
+/// The board settings both drivers set.
+fn settings() -> String {
     let mut t = String::new();
     for (k, v) in [
-        ("intrust_dry_run", "1"),
         ("intrust_env_store", "raw"),
         ("intrust_env_iface", "virtio"),
         ("intrust_env_dev", "0"),
@@ -258,6 +258,13 @@ fn driver_text(cases: &[Case]) -> String {
     t.push_str(&format!("setenv intrust_bootargs \"{BOOTARGS}\"\n"));
     t.push_str(&format!("setenv intrust_env_blkcnt {AREA_BLOCKS:x}\n"));
     t.push_str(&format!("setenv intrust_env_size {ENV_SIZE:x}\n"));
+    t
+}
+
+/// Every case with `intrust_dry_run=1`, in order, then `intrust-end`.
+fn driver_text(cases: &[Case]) -> String {
+    let mut t = settings();
+    t.push_str("setenv intrust_dry_run 1\n");
     for (i, case) in cases.iter().enumerate() {
         t.push_str(&format!("setenv intrust_env_blk {:x}\n", area_blk(i)));
         let source = if case.distro_path {
@@ -273,9 +280,27 @@ fn driver_text(cases: &[Case]) -> String {
             t.push_str(&format!("echo \"intrust-case {i} {boot}\"\n{source}\n"));
         }
     }
-    t.push_str("echo intrust-end\npoweroff\n");
+    t.push_str("echo intrust-end\n");
     t
 }
+
+/// One real boot on area `area` as distro boot runs it: no dry run, script
+/// and scratch at `${loadaddr}`. No kernel is there, so a chosen slot fails
+/// to load and the script resets the board.
+fn real_driver_text(area: usize) -> String {
+    let mut t = settings();
+    t.push_str("setenv intrust_dry_run\n");
+    t.push_str(&format!(
+        "setenv intrust_env_blk {:x}\nvirtio read ${{scriptaddr}} {SCRIPT_BLK:x} {SCRIPT_BLOCKS:x}\nsource ${{scriptaddr}}\necho intrust-real-returned\n",
+        area_blk(area)
+    ));
+    t
+}
+
+/// The area of the real boots, and the boots: fall back from B to A, find
+/// no tries, reset them, boot B again.
+const REAL_START: (&str, &str, &str) = ("B A", "1", "1");
+const REAL_BOOTS: usize = 4;
 
 fn found(name: &str) -> bool {
     std::env::var_os("PATH")
@@ -355,21 +380,30 @@ impl Qemu {
         String::from_utf8_lossy(&self.seen).replace('\r', "")
     }
 
-    /// Reads the console until `needle` appears after byte `from`; false
-    /// at EOF. Panics with the console so far past the session deadline.
-    fn wait_for(&mut self, needle: &str, from: usize) -> bool {
+    /// Reads the console until `needle` appears at or after byte `from`
+    /// and returns where it ends. Panics with the console so far if QEMU
+    /// exits first or the session deadline passes.
+    fn expect(&mut self, needle: &str, from: usize) -> usize {
+        let pattern = needle.as_bytes();
+        // Search only bytes not searched yet (with a needle's overlap).
+        let mut start = from;
         loop {
-            if self.seen.len() >= from
-                && self.seen[from..]
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_bytes())
-            {
-                return true;
+            if self.seen.len() >= start + pattern.len() {
+                if let Some(at) = self.seen[start..]
+                    .windows(pattern.len())
+                    .position(|w| w == pattern)
+                {
+                    return start + at + pattern.len();
+                }
+                start = self.seen.len() + 1 - pattern.len();
             }
             let left = self.deadline.saturating_duration_since(Instant::now());
             match self.output.recv_timeout(left) {
                 Ok(chunk) => self.seen.extend_from_slice(&chunk),
-                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "QEMU exited before U-Boot printed {needle:?}; console:\n{}",
+                    self.text()
+                ),
                 Err(RecvTimeoutError::Timeout) => panic!(
                     "U-Boot did not print {needle:?} within {SESSION_TIMEOUT:?}; console:\n{}",
                     self.text()
@@ -384,7 +418,7 @@ impl Qemu {
         self.stdin.flush().unwrap();
     }
 
-    /// Waits for QEMU to exit (the driver ends with `poweroff`).
+    /// Waits for QEMU to exit (after `poweroff`).
     fn wait_exit(&mut self) {
         while Instant::now() < self.deadline {
             if self.child.try_wait().unwrap().is_some() {
@@ -426,15 +460,31 @@ fn uboot_runs_boot_cmd_and_makes_the_models_decision() {
         "boot",
     );
     let driver = mkimage(&driver_text(&cases), tmp.path(), "driver");
+    let real_area = cases.len();
+    let real_driver = mkimage(&real_driver_text(real_area), tmp.path(), "real");
     assert!(script.len() <= SCRIPT_BLOCKS * BLOCK, "boot.scr too big");
     assert!(
-        driver.len() <= (SCRIPT_BLK - DRIVER_BLK) * BLOCK,
+        driver.len() <= (REAL_DRIVER_BLK - DRIVER_BLK) * BLOCK,
         "driver too big"
     );
+    assert!(
+        real_driver.len() <= (SCRIPT_BLK - REAL_DRIVER_BLK) * BLOCK,
+        "real driver too big"
+    );
+    let real_env = {
+        let mut e = Env::new();
+        e.set("BOOT_ORDER", REAL_START.0).unwrap();
+        e.set("BOOT_A_LEFT", REAL_START.1).unwrap();
+        e.set("BOOT_B_LEFT", REAL_START.2).unwrap();
+        e
+    };
 
     let disk: PathBuf = tmp.path().join("disk.img");
-    let mut image = vec![0u8; area_blk(cases.len()) * BLOCK];
+    let mut image = vec![0u8; area_blk(real_area + 1) * BLOCK];
     image[DRIVER_BLK * BLOCK..][..driver.len()].copy_from_slice(&driver);
+    image[REAL_DRIVER_BLK * BLOCK..][..real_driver.len()].copy_from_slice(&real_driver);
+    image[area_blk(real_area) * BLOCK..][..ENV_SIZE]
+        .copy_from_slice(&encode_image(&real_env, ENV_SIZE, None).unwrap());
     image[SCRIPT_BLK * BLOCK..][..script.len()].copy_from_slice(&script);
     for (i, case) in cases.iter().enumerate() {
         image[area_blk(i) * BLOCK..][..ENV_SIZE].copy_from_slice(&case.area.image());
@@ -448,25 +498,33 @@ fn uboot_runs_boot_cmd_and_makes_the_models_decision() {
     }
 
     let mut qemu = Qemu::start(&disk);
-    assert!(
-        qemu.wait_for("Hit any key to stop autoboot", 0),
-        "U-Boot exited before autoboot; console:\n{}",
-        qemu.text()
-    );
+    const AUTOBOOT: &str = "Hit any key to stop autoboot";
+    let at = qemu.expect(AUTOBOOT, 0);
     qemu.type_line("");
-    let at = qemu.seen.len();
-    qemu.wait_for("=> ", at);
+    let at = qemu.expect("=> ", at);
     qemu.type_line(&format!(
         "virtio scan; virtio read {DRIVER_ADDR} {DRIVER_BLK:x} {:x}; virtio read {SCRIPT_ADDR} {SCRIPT_BLK:x} {SCRIPT_BLOCKS:x}; source {DRIVER_ADDR}",
-        SCRIPT_BLK - DRIVER_BLK
+        REAL_DRIVER_BLK - DRIVER_BLK
     ));
-    assert!(
-        qemu.wait_for("\nintrust-end", 0),
-        "U-Boot stopped before the last case; console:\n{}",
-        qemu.text()
+    let dry_end = qemu.expect("\nintrust-end", at);
+    // Real boots: each ends in the script's `reset`, and U-Boot starts over.
+    let real_cmd = format!(
+        "virtio scan; virtio read {DRIVER_ADDR} {REAL_DRIVER_BLK:x} {:x}; source {DRIVER_ADDR}",
+        SCRIPT_BLK - REAL_DRIVER_BLK
     );
+    let mut real_segments = Vec::new();
+    let mut at = qemu.expect("=> ", dry_end);
+    for _ in 0..REAL_BOOTS {
+        qemu.type_line(&real_cmd);
+        let end = qemu.expect(AUTOBOOT, at);
+        real_segments.push(String::from_utf8_lossy(&qemu.seen[at..end]).replace('\r', ""));
+        qemu.type_line("");
+        at = qemu.expect("=> ", end);
+    }
+    qemu.type_line("poweroff");
     qemu.wait_exit();
     let console = qemu.text();
+    let dry_console = String::from_utf8_lossy(&qemu.seen[..dry_end]).replace('\r', "");
     drop(qemu);
 
     for bad in ["Unknown command", "syntax error", "Usage:"] {
@@ -476,7 +534,7 @@ fn uboot_runs_boot_cmd_and_makes_the_models_decision() {
     // Console lines per (case, boot).
     let mut lines: Vec<Vec<Vec<&str>>> = cases.iter().map(|c| vec![Vec::new(); c.boots]).collect();
     let mut current = None;
-    for line in console.lines() {
+    for line in dry_console.lines() {
         if let Some(rest) = line.strip_prefix("intrust-case ") {
             let mut it = rest.split_whitespace().map(|n| n.parse::<usize>().unwrap());
             current = Some((it.next().unwrap(), it.next().unwrap()));
@@ -545,9 +603,38 @@ fn uboot_runs_boot_cmd_and_makes_the_models_decision() {
     }
     let boots: usize = cases.iter().map(|c| c.boots).sum();
     assert_eq!(checked, boots);
+
+    // The real boots: the decision, the tries it stored, and the reset.
+    let mut model = BootState::from_env(&real_env);
+    for (k, said) in real_segments.iter().enumerate() {
+        let what = format!("real boot {k} from {REAL_START:?}; U-Boot said:\n{said}");
+        assert!(!said.contains("intrust-real-returned"), "{what}");
+        match model.decide() {
+            Decision::Boot(slot) => {
+                for want in [
+                    format!(
+                        "intrust: booting slot {slot} (tries left: A={} B={})",
+                        model.tries_left(Slot::A),
+                        model.tries_left(Slot::B)
+                    ),
+                    format!("intrust: booting slot {slot} failed; resetting"),
+                ] {
+                    assert!(said.contains(&want), "expected {want:?}; {what}");
+                }
+            }
+            Decision::ResetTriesAndReboot => {
+                assert!(said.contains("no slot has tries left"), "{what}");
+                assert!(!said.contains("intrust: booting slot"), "{what}");
+            }
+        }
+        checked += 1;
+    }
+    let saved = read_area(&disk, real_area);
+    assert_eq!(BootState::from_env(&saved), model, "after the real boots");
+    assert_eq!(saved.get("BOOT_ORDER"), Some(REAL_START.0));
     println!(
-        "U-Boot made the model's decision in {checked} boots ({} env areas) in one QEMU session, {:.1} s",
-        cases.len(),
+        "U-Boot made the model's decision in {checked} boots on {} env areas ({REAL_BOOTS} real boots that reset the board) in one QEMU session, {:.1} s",
+        cases.len() + 1,
         started.elapsed().as_secs_f64()
     );
 }
