@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod gestures;
 pub mod logging;
 pub mod recovery;
+pub mod rendezvous;
 pub mod state_dir;
 pub mod update;
