@@ -14,6 +14,11 @@
 //! back as the model's state. Some areas are booted several times in a row
 //! (U-Boot reading what U-Boot wrote), and the last case takes the distro
 //! boot path's addresses (script and scratch both at `${loadaddr}`).
+//! Then, in the same session, real boots (no dry run) on one more area: the
+//! chosen slot's kernel is missing, so the script's `load`/`booti` fail and
+//! it resets the board; U-Boot starts again and the test runs the script
+//! again, following the model from B to A to "no tries" and back to B.
+//! (`saveenv` is not run: QEMU 7.2's pflash times out U-Boot's writes.)
 //!
 //! Needs `qemu-system-aarch64` (Debian `qemu-system-arm`), U-Boot for QEMU
 //! (`u-boot-qemu`) and `mkimage` (`u-boot-tools`); `cargo xtask test`
