@@ -196,15 +196,17 @@ impl BootState {
     }
 }
 
-/// `simple_strtol(s, NULL, 10)` for non-negative numbers, saturating at
-/// 255 (a value above [`MAX_TRIES`] is never written by us).
+/// The leading decimal digits after spaces, clamped to [`MAX_TRIES`]: what
+/// both boot scripts read (they skip spaces only, and count anything above
+/// 9 as 9). We never write such values; a hand-edited env gets the same
+/// decision from the scripts and from this model.
 fn leading_decimal(s: &str) -> u8 {
     let mut n: u32 = 0;
-    for b in s.trim_start().bytes() {
+    for b in s.trim_start_matches(' ').bytes() {
         if !b.is_ascii_digit() {
             break;
         }
-        n = (n * 10 + u32::from(b - b'0')).min(255);
+        n = (n * 10 + u32::from(b - b'0')).min(u32::from(MAX_TRIES));
     }
     n as u8
 }
@@ -249,7 +251,9 @@ mod tests {
         let s = BootState::from_env(&env(&[("BOOT_ORDER", "C"), ("BOOT_A_LEFT", "")]));
         assert_eq!(s.order(), &[Slot::A, Slot::B]);
         assert_eq!(s.tries_left(Slot::A), DEFAULT_TRIES);
-        assert_eq!(leading_decimal("999"), 255);
+        assert_eq!(leading_decimal("999"), MAX_TRIES);
+        assert_eq!(leading_decimal("  12"), MAX_TRIES);
+        assert_eq!(leading_decimal("\t2"), 0);
     }
 
     #[test]

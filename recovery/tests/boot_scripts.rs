@@ -3,8 +3,8 @@
 //! `grub-script-check`, and GRUB itself (`grub-emu`) runs `grub.cfg` on
 //! grubenv files written by our `grubenv` module for every combination in
 //! a table, making the decision `BootState::decide` makes. The U-Boot
-//! script is not run here (no U-Boot to run it); its defaults and its
-//! try-down table are checked against the model's constants.
+//! script's defaults and try-down table are checked against the model's
+//! constants here; `uboot_qemu.rs` runs it in U-Boot under QEMU.
 //!
 //! Needs Debian's `u-boot-tools`, `grub-common` and `grub-emu` (`cargo
 //! xtask test` installs them); without them these tests fail.

@@ -21,6 +21,10 @@ pub const HOST_PACKAGES: &[&str] = &[
     // run by GRUB itself against the Rust boot model.
     "grub-common",
     "grub-emu",
+    // U-Boot for QEMU's virt machine and the emulator: recovery/boot/boot.cmd
+    // runs in real U-Boot against the Rust boot model.
+    "qemu-system-arm",
+    "u-boot-qemu",
     // Headless Chromium driven over WebDriver: hil-tests' browser tests.
     "chromium",
     "chromium-driver",
