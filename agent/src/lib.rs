@@ -13,6 +13,7 @@ pub mod control;
 pub mod daemon;
 pub mod gestures;
 pub mod logging;
+pub mod peer;
 pub mod recovery;
 pub mod rendezvous;
 pub mod state_dir;

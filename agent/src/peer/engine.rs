@@ -1,0 +1,123 @@
+//! The engine-neutral face of a WebRTC implementation.
+//!
+//! A [`PeerEngine`] turns a remote SDP offer into a local answer and a
+//! running [`Session`]; the session reports [`SessionEvent`]s (channels
+//! opened by the remote, connection up, session closed) on a channel and
+//! hands out each data channel as a [`ChannelIo`]: whole messages in and
+//! out, with back-pressure on the sending side. Invariant: a message passed
+//! to [`ChannelIo::poll_send`] is accepted whole or not at all.
+
+use std::io;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest data channel message the agent sends or expects (the tunnel
+/// cuts its byte streams into slices of at most this size).
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// What went wrong in the peer engine.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("the remote SDP offer is not usable: {0}")]
+    BadOffer(String),
+    #[error("the remote SDP answer is not usable: {0}")]
+    BadAnswer(String),
+    #[error("the remote ICE candidate {candidate:?} is not usable: {reason}")]
+    BadCandidate { candidate: String, reason: String },
+    #[error("could not set up the UDP socket for a session on {addr}: {source}")]
+    Socket {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the session is closed")]
+    SessionClosed,
+    #[error("the WebRTC engine failed: {0}")]
+    Engine(String),
+}
+
+/// Something a session reports to its owner, in order.
+pub enum SessionEvent {
+    /// ICE and DTLS are up; data channels can flow.
+    Connected,
+    /// The remote peer opened a data channel.
+    ChannelOpen {
+        label: String,
+        channel: Arc<dyn ChannelIo>,
+    },
+    /// The session ended (remote gone, ICE failed, or closed locally); no
+    /// more events follow.
+    Closed { reason: String },
+}
+
+impl std::fmt::Debug for SessionEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEvent::Connected => f.write_str("Connected"),
+            SessionEvent::ChannelOpen { label, .. } => {
+                f.debug_struct("ChannelOpen").field("label", label).finish()
+            }
+            SessionEvent::Closed { reason } => {
+                f.debug_struct("Closed").field("reason", reason).finish()
+            }
+        }
+    }
+}
+
+/// One data channel: reliable, ordered messages.
+pub trait ChannelIo: Send + Sync + 'static {
+    /// Sends one message of at most [`MAX_MESSAGE`] bytes. Pending while the
+    /// channel's (or the session's) send buffer is full; an error once the
+    /// channel or the session is closed.
+    fn poll_send(&self, cx: &mut Context<'_>, msg: &[u8]) -> Poll<io::Result<()>>;
+    /// Ready once everything sent so far has left the send buffer (or the
+    /// channel is closed).
+    fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()>;
+    /// The next received message; `None` once the channel is closed (by
+    /// either side, or with the session) and everything received is read.
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>>;
+    /// Closes the channel; queued sends may be dropped. Idempotent.
+    fn close(&self);
+    /// The channel's label.
+    fn label(&self) -> &str;
+}
+
+/// A running session (the engine drives it in the background).
+pub trait Session: Send + Sync {
+    /// Adds a remote ICE candidate (an SDP `candidate:` line, with or
+    /// without the `a=` prefix).
+    fn add_remote_candidate(&self, candidate: &str) -> Result<(), PeerError>;
+    /// The local candidates (SDP `candidate:` lines) to send to the remote.
+    fn local_candidates(&self) -> Vec<String>;
+    /// Opens a data channel from this side (the browser role); resolves
+    /// once the channel is open.
+    fn open_channel(&self, label: &str) -> Result<PendingChannel, PeerError>;
+    /// Closes the session; a [`SessionEvent::Closed`] follows.
+    fn close(&self);
+}
+
+/// A channel opened locally, not yet open.
+pub struct PendingChannel(pub(crate) oneshot::Receiver<Arc<dyn ChannelIo>>);
+
+impl PendingChannel {
+    /// Waits until the remote has accepted the channel.
+    pub async fn open(self) -> Result<Arc<dyn ChannelIo>, PeerError> {
+        self.0.await.map_err(|_| PeerError::SessionClosed)
+    }
+}
+
+/// A new session: the answer to send back, the handle, and its events.
+pub struct Accepted {
+    pub answer_sdp: String,
+    pub session: Arc<dyn Session>,
+    pub events: mpsc::UnboundedReceiver<SessionEvent>,
+}
+
+/// A WebRTC implementation that answers offers.
+pub trait PeerEngine: Send + Sync {
+    /// Creates a session from a remote offer and starts driving it.
+    fn accept_offer(&self, offer_sdp: &str) -> Result<Accepted, PeerError>;
+}

@@ -1,0 +1,19 @@
+//! The peer engine: WebRTC sessions with browsers and the tunnel that
+//! carries app HTTP over their data channels.
+//!
+//! - [`engine`]: the engine-neutral traits (a session from a remote offer,
+//!   candidates, channel events, message I/O with back-pressure);
+//! - [`str0m_engine`]: the implementation on `str0m` (sans-IO `Rtc` driven
+//!   by one tokio task and one UDP socket per session);
+//! - [`stream`]: a data channel as a tokio byte stream;
+//! - [`tunnel`]: the tunnel protocol (the `control` channel and one
+//!   HTTP/1.1 connection per `http/1.1 APP` channel, proxied with hyper).
+//!
+//! Invariants: nothing outside [`str0m_engine`] names a `str0m` type; the
+//! tunnel only sees [`engine::SessionEvent`] and [`stream::ChannelStream`].
+
+pub mod engine;
+pub mod str0m_engine;
+pub mod stream;
+pub mod tunnel;
+mod udp;

@@ -1,0 +1,619 @@
+//! [`PeerEngine`] on `str0m`: each session is a sans-IO `Rtc` owned by a
+//! shared state, driven by one tokio task with one UDP socket.
+//!
+//! Socket choice: one UDP socket per session (bound to the configured host
+//! address, port chosen by the kernel). Demultiplexing is then the kernel's
+//! job, a session's socket can be paused on its own (inbound back-pressure
+//! below) and closing a session releases everything. A shared socket
+//! demultiplexed with `Rtc::accepts` would save ports and suit a fixed
+//! forwarded port; it can be added behind the same trait.
+//!
+//! Invariants:
+//! - the `Rtc` is only touched under `Shared::inner`'s lock, and every
+//!   change that may produce output (a write, a close, a candidate) is
+//!   followed by `Shared::wake`, so the driver polls it out;
+//! - the SCTP send buffer of a session is at most 256 KiB; a channel whose
+//!   buffered amount is at or above [`CHANNEL_HIGH_WATER`] takes no more
+//!   messages until it drains, so one channel cannot starve the others;
+//! - received messages wait in a per-channel queue; while any channel has
+//!   more than [`INBOUND_LIMIT`] bytes queued the driver stops reading the
+//!   socket (the kernel buffer and SCTP retransmission hold the rest), so
+//!   a slow reader bounds memory instead of growing it;
+//! - when the session ends, every channel reads EOF and fails writes.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::engine::{
+    Accepted, ChannelIo, PeerEngine, PeerError, PendingChannel, Session, SessionEvent, MAX_MESSAGE,
+};
+use super::udp;
+
+/// Largest SCTP send buffer (per session) the engine allows.
+pub const MAX_SCTP_SEND_BUFFER: usize = 256 * 1024;
+/// A channel with this much unacknowledged data takes no more messages.
+pub const CHANNEL_HIGH_WATER: usize = 128 * 1024;
+/// Queued received bytes per channel above which the session stops reading.
+pub const INBOUND_LIMIT: usize = 1024 * 1024;
+/// Datagrams handled per wake-up before output is polled again.
+const RECV_BATCH: usize = 64;
+
+/// How the str0m engine binds and sizes its sessions.
+#[derive(Debug, Clone)]
+pub struct Str0mConfig {
+    /// Local address the sessions' UDP sockets bind to; it is the host
+    /// candidate. (Gathering all interfaces, srflx and relay candidates
+    /// comes with the ICE server configuration.)
+    pub bind: IpAddr,
+    /// SCTP send buffer per session, clamped to
+    /// `MAX_MESSAGE..=MAX_SCTP_SEND_BUFFER`.
+    pub sctp_send_buffer: usize,
+}
+
+impl Default for Str0mConfig {
+    fn default() -> Self {
+        Str0mConfig {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            sctp_send_buffer: MAX_SCTP_SEND_BUFFER,
+        }
+    }
+}
+
+/// The str0m engine. Methods must be called inside a tokio runtime (each
+/// session spawns its driver task).
+#[derive(Debug, Clone, Default)]
+pub struct Str0mEngine {
+    config: Str0mConfig,
+}
+
+impl Str0mEngine {
+    pub fn new(config: Str0mConfig) -> Self {
+        Str0mEngine { config }
+    }
+
+    fn new_rtc(&self) -> Result<(Rtc, UdpSocket, Vec<String>), PeerError> {
+        let buffer = self
+            .config
+            .sctp_send_buffer
+            .clamp(MAX_MESSAGE, MAX_SCTP_SEND_BUFFER);
+        let mut rtc = RtcConfig::new()
+            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .set_sctp_max_buffered_amount(buffer)
+            .build(Instant::now());
+        let addr = SocketAddr::new(self.config.bind, 0);
+        let socket = udp::bind(addr).map_err(|source| PeerError::Socket { addr, source })?;
+        let local = socket
+            .local_addr()
+            .map_err(|source| PeerError::Socket { addr, source })?;
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| PeerError::Engine(e.to_string()))?;
+        let line = candidate.to_sdp_string();
+        rtc.add_local_candidate(candidate);
+        Ok((rtc, socket, vec![line]))
+    }
+
+    /// The browser role (tests, benchmarks): an offer with one data channel
+    /// labelled `first_label`; more channels come with
+    /// [`Session::open_channel`] once connected.
+    pub fn create_offer(&self, first_label: &str) -> Result<PendingOffer, PeerError> {
+        let (mut rtc, socket, candidates) = self.new_rtc()?;
+        let mut api = rtc.sdp_api();
+        let first = api.add_channel(first_label.to_string());
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| PeerError::Engine("no offer was produced".into()))?;
+        Ok(PendingOffer {
+            offer_sdp: offer.to_sdp_string(),
+            rtc,
+            socket,
+            candidates,
+            pending,
+            first,
+            first_label: first_label.to_string(),
+        })
+    }
+}
+
+impl PeerEngine for Str0mEngine {
+    fn accept_offer(&self, offer_sdp: &str) -> Result<Accepted, PeerError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadOffer(e.to_string()))?;
+        let (mut rtc, socket, candidates) = self.new_rtc()?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| PeerError::BadOffer(e.to_string()))?;
+        let (session, events) = start(rtc, socket, candidates, None);
+        Ok(Accepted {
+            answer_sdp: answer.to_sdp_string(),
+            session,
+            events,
+        })
+    }
+}
+
+/// An offer made by [`Str0mEngine::create_offer`], waiting for its answer.
+pub struct PendingOffer {
+    offer_sdp: String,
+    rtc: Rtc,
+    socket: UdpSocket,
+    candidates: Vec<String>,
+    pending: SdpPendingOffer,
+    first: ChannelId,
+    first_label: String,
+}
+
+impl PendingOffer {
+    pub fn offer_sdp(&self) -> &str {
+        &self.offer_sdp
+    }
+
+    /// Applies the remote answer and starts the session; the returned
+    /// channel is the one named in `create_offer`.
+    pub fn accept_answer(self, answer_sdp: &str) -> Result<(Accepted, PendingChannel), PeerError> {
+        let answer = SdpAnswer::from_sdp_string(answer_sdp)
+            .map_err(|e| PeerError::BadAnswer(e.to_string()))?;
+        let mut rtc = self.rtc;
+        rtc.sdp_api()
+            .accept_answer(self.pending, answer)
+            .map_err(|e| PeerError::BadAnswer(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        let (session, events) = start(
+            rtc,
+            self.socket,
+            self.candidates,
+            Some((self.first, self.first_label, tx)),
+        );
+        Ok((
+            Accepted {
+                answer_sdp: String::new(),
+                session,
+                events,
+            },
+            PendingChannel(rx),
+        ))
+    }
+}
+
+type Opened = oneshot::Sender<Arc<dyn ChannelIo>>;
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Wakes the driver: output may be pending, or reading may resume.
+    wake: Notify,
+    local_candidates: Vec<String>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Inner {
+    rtc: Rtc,
+    channels: HashMap<ChannelId, ChannelState>,
+    pending_opens: HashMap<ChannelId, (String, Opened)>,
+    /// Tasks waiting for send-buffer space or for a drain.
+    send_waiters: Vec<Waker>,
+    close_requested: bool,
+    close_started: bool,
+    ended: bool,
+}
+
+struct ChannelState {
+    inbound: VecDeque<Bytes>,
+    inbound_bytes: usize,
+    /// Closed by either side or with the session.
+    closed: bool,
+    reader: Option<Waker>,
+}
+
+impl Inner {
+    fn wake_senders(&mut self) {
+        for w in self.send_waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    fn reading_paused(&self) -> bool {
+        self.channels
+            .values()
+            .any(|c| !c.closed && c.inbound_bytes > INBOUND_LIMIT)
+    }
+
+    /// Polls the `Rtc` until it asks for a timeout; transmits and events
+    /// are collected. `Err(reason)` once the session is over.
+    fn poll(
+        &mut self,
+        shared: &Arc<Shared>,
+        events: &mpsc::UnboundedSender<SessionEvent>,
+        transmits: &mut Vec<(SocketAddr, Vec<u8>)>,
+    ) -> Result<Instant, String> {
+        if self.close_requested && !self.close_started {
+            self.close_started = true;
+            if let Err(e) = self.rtc.close() {
+                return Err(format!("closing failed: {e}"));
+            }
+        }
+        loop {
+            if !self.rtc.is_alive() {
+                return Err("closed".into());
+            }
+            match self.rtc.poll_output() {
+                Err(e) => return Err(format!("engine error: {e}")),
+                Ok(Output::Timeout(t)) => return Ok(t),
+                Ok(Output::Transmit(t)) => transmits.push((t.destination, t.contents.to_vec())),
+                Ok(Output::Event(ev)) => self.on_event(ev, shared, events)?,
+            }
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        shared: &Arc<Shared>,
+        events: &mpsc::UnboundedSender<SessionEvent>,
+    ) -> Result<(), String> {
+        match event {
+            Event::Connected => {
+                let _ = events.send(SessionEvent::Connected);
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                return Err("ICE disconnected".into());
+            }
+            Event::Closed => return Err("closed by the remote peer".into()),
+            Event::ChannelOpen(id, label) => {
+                if let Some(mut ch) = self.rtc.channel(id) {
+                    ch.set_buffered_amount_low_threshold(CHANNEL_HIGH_WATER / 2);
+                }
+                self.channels.insert(
+                    id,
+                    ChannelState {
+                        inbound: VecDeque::new(),
+                        inbound_bytes: 0,
+                        closed: false,
+                        reader: None,
+                    },
+                );
+                let io: Arc<dyn ChannelIo> = Arc::new(Str0mChannel {
+                    shared: shared.clone(),
+                    id,
+                    label: label.clone(),
+                });
+                match self.pending_opens.remove(&id) {
+                    Some((_, opened)) => {
+                        let _ = opened.send(io);
+                    }
+                    None => {
+                        let _ = events.send(SessionEvent::ChannelOpen { label, channel: io });
+                    }
+                }
+            }
+            Event::ChannelData(data) => {
+                if let Some(ch) = self.channels.get_mut(&data.id) {
+                    if !ch.closed {
+                        ch.inbound_bytes += data.data.len();
+                        ch.inbound.push_back(Bytes::from(data.data));
+                        if let Some(w) = ch.reader.take() {
+                            w.wake();
+                        }
+                    }
+                }
+            }
+            Event::ChannelClose(id) => {
+                self.pending_opens.remove(&id);
+                if let Some(ch) = self.channels.get_mut(&id) {
+                    ch.closed = true;
+                    if let Some(w) = ch.reader.take() {
+                        w.wake();
+                    }
+                }
+                self.wake_senders();
+            }
+            Event::ChannelBufferedAmountLow(_) => self.wake_senders(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, source: SocketAddr, local: SocketAddr, datagram: &[u8]) {
+        let Ok(receive) = Receive::new(Protocol::Udp, source, local, datagram) else {
+            tracing::trace!(%source, "ignored a datagram that is not STUN, DTLS or RTP");
+            return;
+        };
+        if let Err(e) = self
+            .rtc
+            .handle_input(Input::Receive(Instant::now(), receive))
+        {
+            tracing::debug!(%source, "datagram rejected: {e}");
+        }
+    }
+
+    /// The session is over: every channel reads EOF, writes fail.
+    fn end(&mut self) {
+        self.ended = true;
+        self.pending_opens.clear();
+        for ch in self.channels.values_mut() {
+            ch.closed = true;
+            if let Some(w) = ch.reader.take() {
+                w.wake();
+            }
+        }
+        self.wake_senders();
+    }
+}
+
+fn start(
+    rtc: Rtc,
+    socket: UdpSocket,
+    local_candidates: Vec<String>,
+    first: Option<(ChannelId, String, Opened)>,
+) -> (Arc<dyn Session>, mpsc::UnboundedReceiver<SessionEvent>) {
+    let mut pending_opens = HashMap::new();
+    if let Some((id, label, tx)) = first {
+        pending_opens.insert(id, (label, tx));
+    }
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner {
+            rtc,
+            channels: HashMap::new(),
+            pending_opens,
+            send_waiters: Vec::new(),
+            close_requested: false,
+            close_started: false,
+            ended: false,
+        }),
+        wake: Notify::new(),
+        local_candidates,
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(drive(shared.clone(), socket, tx));
+    (Arc::new(Str0mSession { shared }), rx)
+}
+
+/// The driver: polls output, sends it, then waits for a datagram, the next
+/// timeout or a wake-up.
+async fn drive(
+    shared: Arc<Shared>,
+    socket: UdpSocket,
+    events: mpsc::UnboundedSender<SessionEvent>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut transmits = Vec::new();
+    let local = match socket.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            shared.lock().end();
+            let _ = events.send(SessionEvent::Closed {
+                reason: format!("socket has no local address: {e}"),
+            });
+            return;
+        }
+    };
+    let reason = loop {
+        let (step, paused) = {
+            let mut inner = shared.lock();
+            let step = inner.poll(&shared, &events, &mut transmits);
+            (step, inner.reading_paused())
+        };
+        for (dest, data) in transmits.drain(..) {
+            if let Err(e) = socket.send_to(&data, dest).await {
+                tracing::debug!(%dest, "send failed: {e}");
+            }
+        }
+        let deadline = match step {
+            Ok(d) => d,
+            Err(reason) => break reason,
+        };
+        tokio::select! {
+            r = socket.recv_from(&mut buf), if !paused => match r {
+                Ok((n, source)) => {
+                    let mut inner = shared.lock();
+                    inner.receive(source, local, &buf[..n]);
+                    // Output is polled after every datagram: str0m's DTLS
+                    // layer holds only a few undelivered records and drops
+                    // the rest ("receive queue full").
+                    let mut alive = inner.poll(&shared, &events, &mut transmits).is_ok();
+                    for _ in 1..RECV_BATCH {
+                        if !alive || inner.reading_paused() {
+                            break;
+                        }
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => {
+                                inner.receive(source, local, &buf[..n]);
+                                alive = inner.poll(&shared, &events, &mut transmits).is_ok();
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    // SACKs free send buffer: let blocked writers retry.
+                    inner.wake_senders();
+                }
+                Err(e) => tracing::debug!("receive failed: {e}"),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                let mut inner = shared.lock();
+                if let Err(e) = inner.rtc.handle_input(Input::Timeout(Instant::now())) {
+                    tracing::debug!("timeout handling failed: {e}");
+                }
+            }
+            _ = shared.wake.notified() => {
+                // A write, close or candidate: let str0m act on it now
+                // rather than at its next timer.
+                let mut inner = shared.lock();
+                if let Err(e) = inner.rtc.handle_input(Input::Timeout(Instant::now())) {
+                    tracing::debug!("timeout handling failed: {e}");
+                }
+            }
+        }
+    };
+    tracing::debug!(%local, "session ended: {reason}");
+    shared.lock().end();
+    let _ = events.send(SessionEvent::Closed { reason });
+}
+
+struct Str0mSession {
+    shared: Arc<Shared>,
+}
+
+impl Session for Str0mSession {
+    fn add_remote_candidate(&self, candidate: &str) -> Result<(), PeerError> {
+        let line = candidate.trim();
+        let line = line.strip_prefix("a=").unwrap_or(line);
+        let c = Candidate::from_sdp_string(line).map_err(|e| PeerError::BadCandidate {
+            candidate: candidate.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.shared.lock().rtc.add_remote_candidate(c);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    fn local_candidates(&self) -> Vec<String> {
+        self.shared.local_candidates.clone()
+    }
+
+    fn open_channel(&self, label: &str) -> Result<PendingChannel, PeerError> {
+        let mut inner = self.shared.lock();
+        if inner.ended || inner.close_requested {
+            return Err(PeerError::SessionClosed);
+        }
+        let id = inner.rtc.direct_api().create_data_channel(ChannelConfig {
+            label: label.to_string(),
+            ..ChannelConfig::default()
+        });
+        let (tx, rx) = oneshot::channel();
+        inner.pending_opens.insert(id, (label.to_string(), tx));
+        drop(inner);
+        self.shared.wake.notify_one();
+        Ok(PendingChannel(rx))
+    }
+
+    fn close(&self) {
+        self.shared.lock().close_requested = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+struct Str0mChannel {
+    shared: Arc<Shared>,
+    id: ChannelId,
+    label: String,
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the data channel is closed")
+}
+
+impl ChannelIo for Str0mChannel {
+    fn poll_send(&self, cx: &mut Context<'_>, msg: &[u8]) -> Poll<io::Result<()>> {
+        if msg.len() > MAX_MESSAGE {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "data channel message larger than 64 KiB",
+            )));
+        }
+        let mut inner = self.shared.lock();
+        let open = !inner.ended && inner.channels.get(&self.id).is_some_and(|c| !c.closed);
+        let Some(mut ch) = inner.rtc.channel(self.id).filter(|_| open) else {
+            return Poll::Ready(Err(closed_error()));
+        };
+        let accepted = if ch.buffered_amount() >= CHANNEL_HIGH_WATER {
+            false
+        } else {
+            match ch.write(true, msg) {
+                Ok(accepted) => accepted,
+                Err(e) => return Poll::Ready(Err(io::Error::other(e.to_string()))),
+            }
+        };
+        if accepted {
+            drop(inner);
+            self.shared.wake.notify_one();
+            Poll::Ready(Ok(()))
+        } else {
+            inner.send_waiters.push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.shared.lock();
+        let open = !inner.ended && inner.channels.get(&self.id).is_some_and(|c| !c.closed);
+        let drained = match inner.rtc.channel(self.id).filter(|_| open) {
+            Some(mut ch) => ch.buffered_amount() == 0,
+            None => true,
+        };
+        if drained {
+            Poll::Ready(())
+        } else {
+            inner.send_waiters.push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut inner = self.shared.lock();
+        let ended = inner.ended;
+        let Some(ch) = inner.channels.get_mut(&self.id) else {
+            return Poll::Ready(None);
+        };
+        if let Some(msg) = ch.inbound.pop_front() {
+            let was_over = ch.inbound_bytes > INBOUND_LIMIT;
+            ch.inbound_bytes -= msg.len();
+            if was_over && ch.inbound_bytes <= INBOUND_LIMIT {
+                drop(inner);
+                self.shared.wake.notify_one();
+            }
+            return Poll::Ready(Some(msg));
+        }
+        if ch.closed || ended {
+            return Poll::Ready(None);
+        }
+        ch.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn close(&self) {
+        let mut inner = self.shared.lock();
+        let Some(ch) = inner.channels.get_mut(&self.id) else {
+            return;
+        };
+        if ch.closed {
+            return;
+        }
+        ch.closed = true;
+        if let Some(w) = ch.reader.take() {
+            w.wake();
+        }
+        if !inner.ended {
+            inner.rtc.direct_api().close_data_channel(self.id);
+        }
+        inner.wake_senders();
+        drop(inner);
+        self.shared.wake.notify_one();
+    }
+
+    fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl Drop for Str0mChannel {
+    fn drop(&mut self) {
+        self.close();
+        self.shared.lock().channels.remove(&self.id);
+    }
+}
