@@ -7,12 +7,15 @@
 //!   by one tokio task and one UDP socket per session);
 //! - [`stream`]: a data channel as a tokio byte stream;
 //! - [`tunnel`]: the tunnel protocol (the `control` channel and one
-//!   HTTP/1.1 connection per `http/1.1 APP` channel, proxied with hyper).
+//!   HTTP/1.1 connection per `http/1.1 APP` channel, proxied with hyper);
+//! - [`host`]: browser sessions from rendezvous signalling, admitted by an
+//!   `Authenticator` (`--insecure-open` until login exists).
 //!
 //! Invariants: nothing outside [`str0m_engine`] names a `str0m` type; the
 //! tunnel only sees [`engine::SessionEvent`] and [`stream::ChannelStream`].
 
 pub mod engine;
+pub mod host;
 pub mod str0m_engine;
 pub mod stream;
 pub mod tunnel;

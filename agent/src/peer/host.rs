@@ -1,0 +1,158 @@
+//! The device's side of browser sessions: takes signalling from the
+//! rendezvous link, asks the [`Authenticator`], answers offers with the
+//! engine and serves each session's channels with the tunnel.
+//!
+//! Invariants: a refused or failed offer is answered with a `Close`
+//! carrying a reason a person can act on; a session lives until its peer
+//! connection ends, independent of flock (signalling state for it is
+//! dropped on `Closed`/`Disconnected`, the connection goes on); nothing a
+//! browser or flock sends can stop the host loop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::engine::{PeerEngine, Session};
+use super::tunnel::{serve_session, TunnelConfig};
+use crate::rendezvous::{SignallingCommand, SignallingEvent};
+
+/// Decides whether a browser session may start.
+pub trait Authenticator: Send + Sync {
+    /// `Err(reason)` refuses the session; the reason goes to the browser.
+    fn admit(&self, session: u64) -> Result<(), String>;
+}
+
+/// Admits every session: only with `--insecure-open`, until login exists.
+#[derive(Debug, Clone, Copy)]
+pub struct InsecureOpen;
+
+impl Authenticator for InsecureOpen {
+    fn admit(&self, _session: u64) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Refuses every session (the default until the login issue).
+#[derive(Debug, Clone, Copy)]
+pub struct RefuseAll;
+
+impl Authenticator for RefuseAll {
+    fn admit(&self, _session: u64) -> Result<(), String> {
+        Err(
+            "this device does not accept sessions yet: login is not built; \
+             its owner can start intrustd with --insecure-open for testing"
+                .into(),
+        )
+    }
+}
+
+/// Serves browser sessions.
+pub struct PeerHost {
+    engine: Arc<dyn PeerEngine>,
+    tunnel: Arc<TunnelConfig>,
+    auth: Arc<dyn Authenticator>,
+    active: Arc<AtomicUsize>,
+}
+
+impl PeerHost {
+    pub fn new(
+        engine: Arc<dyn PeerEngine>,
+        tunnel: Arc<TunnelConfig>,
+        auth: Arc<dyn Authenticator>,
+    ) -> Self {
+        PeerHost {
+            engine,
+            tunnel,
+            auth,
+            active: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// How many peer connections are up (for status).
+    pub fn active_sessions(&self) -> Arc<AtomicUsize> {
+        self.active.clone()
+    }
+
+    /// Runs until `events` ends (the rendezvous link is gone for good).
+    pub async fn run(
+        self,
+        mut events: mpsc::Receiver<SignallingEvent>,
+        commands: mpsc::Sender<SignallingCommand>,
+    ) {
+        // Sessions still in signalling, by flock's session id.
+        let mut signalling: HashMap<u64, Arc<dyn Session>> = HashMap::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                SignallingEvent::Offer { session, sdp, .. } => {
+                    let cmds = match self.offer(session, &sdp) {
+                        Ok((handle, answer)) => {
+                            signalling.insert(session, handle);
+                            // The host candidates are in the answer's SDP;
+                            // srflx/relay ones will be trickled here.
+                            vec![
+                                SignallingCommand::Answer {
+                                    session,
+                                    sdp: answer,
+                                },
+                                SignallingCommand::Candidate {
+                                    session,
+                                    candidate: None,
+                                    sdp_mid: None,
+                                },
+                            ]
+                        }
+                        Err(reason) => {
+                            tracing::info!(session, "browser session refused: {reason}");
+                            vec![SignallingCommand::Close { session, reason }]
+                        }
+                    };
+                    for cmd in cmds {
+                        if commands.send(cmd).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                SignallingEvent::Candidate {
+                    session,
+                    candidate: Some(candidate),
+                    ..
+                } => {
+                    if let Some(s) = signalling.get(&session) {
+                        if let Err(e) = s.add_remote_candidate(&candidate) {
+                            tracing::debug!(session, "{e}");
+                        }
+                    }
+                }
+                SignallingEvent::Candidate { .. } => {}
+                SignallingEvent::Closed { session, reason } => {
+                    tracing::debug!(session, "signalling closed: {reason}");
+                    signalling.remove(&session);
+                }
+                SignallingEvent::Disconnected => signalling.clear(),
+                SignallingEvent::IceServers(servers) => {
+                    // Hook: srflx/relay gathering uses these.
+                    tracing::debug!(count = servers.len(), "ICE servers updated");
+                }
+            }
+        }
+    }
+
+    fn offer(&self, session: u64, sdp: &str) -> Result<(Arc<dyn Session>, String), String> {
+        self.auth.admit(session)?;
+        let accepted = self
+            .engine
+            .accept_offer(sdp)
+            .map_err(|e| format!("the device could not answer: {e}"))?;
+        let tunnel = self.tunnel.clone();
+        let active = self.active.clone();
+        active.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            serve_session(tunnel, accepted.events).await;
+            active.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(session, "peer session over");
+        });
+        Ok((accepted.session, accepted.answer_sdp))
+    }
+}
