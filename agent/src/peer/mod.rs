@@ -1,6 +1,7 @@
 //! The peer engine: WebRTC sessions with browsers and the tunnel that
 //! carries app HTTP over their data channels.
 //!
+//! - [`config`]: `[peer]` in the daemon config (bind address, apps);
 //! - [`engine`]: the engine-neutral traits (a session from a remote offer,
 //!   candidates, channel events, message I/O with back-pressure);
 //! - [`str0m_engine`]: the implementation on `str0m` (sans-IO `Rtc` driven
@@ -14,6 +15,7 @@
 //! Invariants: nothing outside [`str0m_engine`] names a `str0m` type; the
 //! tunnel only sees [`engine::SessionEvent`] and [`stream::ChannelStream`].
 
+pub mod config;
 pub mod engine;
 pub mod host;
 pub mod str0m_engine;
