@@ -55,7 +55,12 @@ async fn host(auth: Arc<dyn Authenticator>) -> Host {
         device: "testbox".into(),
         apps,
     });
-    let engine = Arc::new(Str0mEngine::new(Str0mConfig::default()));
+    // A short silence timeout: a peer gone without close_notify is
+    // noticed within the test's bounds.
+    let engine = Arc::new(Str0mEngine::new(Str0mConfig {
+        silence_timeout: Duration::from_secs(3),
+        ..Str0mConfig::default()
+    }));
     let host = PeerHost::new(engine, tunnel, auth);
     let active = host.active_sessions();
     let (events, ev_rx) = mpsc::channel(16);

@@ -69,6 +69,7 @@ impl PeerConfig {
         Str0mEngine::new(Str0mConfig {
             bind: self.bind,
             sctp_send_buffer: MAX_SCTP_SEND_BUFFER,
+            ..Str0mConfig::default()
         })
     }
 

@@ -19,6 +19,9 @@
 //!   more than [`INBOUND_LIMIT`] bytes queued the driver stops reading the
 //!   socket (the kernel buffer and SCTP retransmission hold the rest), so
 //!   a slow reader bounds memory instead of growing it;
+//! - a session whose peer has sent nothing for `silence_timeout` ends
+//!   (browsers send ICE consent checks every few seconds, RFC 7675; a tab
+//!   that is killed sends no DTLS close_notify);
 //! - when the session ends, every channel reads EOF and fails writes.
 
 use std::collections::{HashMap, VecDeque};
@@ -26,7 +29,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -60,6 +63,9 @@ pub struct Str0mConfig {
     /// SCTP send buffer per session, clamped to
     /// `MAX_MESSAGE..=MAX_SCTP_SEND_BUFFER`.
     pub sctp_send_buffer: usize,
+    /// A session whose peer sends nothing for this long is over (30 s is
+    /// when ICE consent expires, RFC 7675).
+    pub silence_timeout: Duration,
 }
 
 impl Default for Str0mConfig {
@@ -67,6 +73,7 @@ impl Default for Str0mConfig {
         Str0mConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sctp_send_buffer: MAX_SCTP_SEND_BUFFER,
+            silence_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -115,6 +122,7 @@ impl Str0mEngine {
             .apply()
             .ok_or_else(|| PeerError::Engine("no offer was produced".into()))?;
         Ok(PendingOffer {
+            silence_timeout: self.config.silence_timeout,
             offer_sdp: offer.to_sdp_string(),
             rtc,
             socket,
@@ -135,7 +143,7 @@ impl PeerEngine for Str0mEngine {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| PeerError::BadOffer(e.to_string()))?;
-        let (session, events) = start(rtc, socket, candidates, None);
+        let (session, events) = start(rtc, socket, candidates, None, self.config.silence_timeout);
         Ok(Accepted {
             answer_sdp: answer.to_sdp_string(),
             session,
@@ -146,6 +154,7 @@ impl PeerEngine for Str0mEngine {
 
 /// An offer made by [`Str0mEngine::create_offer`], waiting for its answer.
 pub struct PendingOffer {
+    silence_timeout: Duration,
     offer_sdp: String,
     rtc: Rtc,
     socket: UdpSocket,
@@ -175,6 +184,7 @@ impl PendingOffer {
             self.socket,
             self.candidates,
             Some((self.first, self.first_label, tx)),
+            self.silence_timeout,
         );
         Ok((
             Accepted {
@@ -361,6 +371,7 @@ fn start(
     socket: UdpSocket,
     local_candidates: Vec<String>,
     first: Option<(ChannelId, String, Opened)>,
+    silence_timeout: Duration,
 ) -> (Arc<dyn Session>, mpsc::UnboundedReceiver<SessionEvent>) {
     let mut pending_opens = HashMap::new();
     if let Some((id, label, tx)) = first {
@@ -380,7 +391,7 @@ fn start(
         local_candidates,
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive(shared.clone(), socket, tx));
+    tokio::spawn(drive(shared.clone(), socket, tx, silence_timeout));
     (Arc::new(Str0mSession { shared }), rx)
 }
 
@@ -390,6 +401,7 @@ async fn drive(
     shared: Arc<Shared>,
     socket: UdpSocket,
     events: mpsc::UnboundedSender<SessionEvent>,
+    silence_timeout: Duration,
 ) {
     let mut buf = vec![0u8; 2048];
     let mut transmits = Vec::new();
@@ -403,6 +415,7 @@ async fn drive(
             return;
         }
     };
+    let mut last_heard = Instant::now();
     let reason = loop {
         let (step, paused) = {
             let mut inner = shared.lock();
@@ -418,9 +431,17 @@ async fn drive(
             Ok(d) => d,
             Err(reason) => break reason,
         };
+        let silence_deadline = last_heard + silence_timeout;
+        if Instant::now() >= silence_deadline {
+            break format!(
+                "nothing heard from the peer for {} s",
+                silence_timeout.as_secs_f64()
+            );
+        }
         tokio::select! {
             r = socket.recv_from(&mut buf), if !paused => match r {
                 Ok((n, source)) => {
+                    last_heard = Instant::now();
                     let mut inner = shared.lock();
                     inner.receive(source, local, &buf[..n]);
                     // Output is polled after every datagram: str0m's DTLS
@@ -444,7 +465,7 @@ async fn drive(
                 }
                 Err(e) => tracing::debug!("receive failed: {e}"),
             },
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            _ = tokio::time::sleep_until(deadline.min(silence_deadline).into()) => {
                 let mut inner = shared.lock();
                 if let Err(e) = inner.rtc.handle_input(Input::Timeout(Instant::now())) {
                     tracing::debug!("timeout handling failed: {e}");
