@@ -37,6 +37,14 @@ pub fn test_and_build(root: &Path) -> Result<()> {
     npm(&dir, &["run", "--silent", "build"])
 }
 
+/// `npm ci` when needed, then the bundle only (the portal for the demo).
+pub fn build(root: &Path) -> Result<()> {
+    ensure_node()?;
+    let dir = root.join("flock/web");
+    install(&dir)?;
+    npm(&dir, &["run", "--silent", "build"])
+}
+
 fn install(dir: &Path) -> Result<()> {
     let stamp = dir.join("node_modules/.package-lock.json");
     let lock = dir.join("package-lock.json");
