@@ -4,6 +4,8 @@
 //! file fails with its path, line and column. A parsed [`Config`] is valid:
 //! thresholds are ordered and non-zero (see [`Config::validate`]).
 
+use crate::peer::config::PeerConfig;
+use flock_proto::DeviceName;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +38,12 @@ pub struct Config {
     pub pairing: PairingConfig,
     pub buttons: ButtonsConfig,
     pub log: LogConfig,
+    /// `[rendezvous]`: the flock service this appliance registers with.
+    /// Without it the agent runs without the peer connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendezvous: Option<RendezvousSection>,
+    /// `[peer]`: the sessions' bind address and the apps the tunnel reaches.
+    pub peer: PeerConfig,
 }
 
 impl Default for Config {
@@ -50,7 +58,55 @@ impl Default for Config {
             pairing: PairingConfig::default(),
             buttons: ButtonsConfig::default(),
             log: LogConfig::default(),
+            rendezvous: None,
+            peer: PeerConfig::default(),
         }
+    }
+}
+
+/// `[rendezvous]`: where flock is and the name this appliance registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RendezvousSection {
+    /// `ws://HOST:PORT/device` or `wss://HOST/device`.
+    pub flock_url: String,
+    /// The appliance's name at flock (what people type in the portal):
+    /// 3-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`.
+    pub name: String,
+    /// PEM file of the CAs trusted for `wss://` (required for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl RendezvousSection {
+    /// The name as flock's type; [`Config::validate`] has checked it.
+    pub fn device_name(&self) -> Result<DeviceName, String> {
+        DeviceName::new(self.name.as_str())
+            .map_err(|e| format!("rendezvous.name {:?} is not a device name: {e}", self.name))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.device_name()?;
+        let url = self.flock_url.trim();
+        if url.starts_with("wss://") {
+            if self.ca_file.is_none() {
+                return Err(format!(
+                    "rendezvous.flock_url {url:?} is wss://, which needs rendezvous.ca_file (PEM) to trust"
+                ));
+            }
+        } else if !url.starts_with("ws://") {
+            return Err(format!(
+                "rendezvous.flock_url {url:?} must start with ws:// or wss://"
+            ));
+        }
+        if self
+            .ca_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err("rendezvous.ca_file must not be empty (leave it out for none)".into());
+        }
+        Ok(())
     }
 }
 
@@ -231,14 +287,17 @@ impl Config {
                 return Err(format!("{name} must not be empty"));
             }
         }
-        Ok(())
+        if let Some(r) = &self.rendezvous {
+            r.validate()?;
+        }
+        self.peer.validate()
     }
 }
 
 /// The line where the key a validation message starts with (`table.key` or
 /// `key`) is set, found by a plain scan of the (already parsed) text.
 fn key_line(text: &str, message: &str) -> Option<usize> {
-    let field = message.split_whitespace().next()?;
+    let field = message.split_whitespace().next()?.trim_end_matches(':');
     let (table, key) = match field.split_once('.') {
         Some((t, k)) => (t, k),
         None => ("", field),
@@ -387,6 +446,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/intrustd.toml"), "{err}");
+    }
+
+    #[test]
+    fn rendezvous_and_peer_sections() {
+        let c = parse(
+            "[rendezvous]\nflock_url = \"ws://127.0.0.1:8470/device\"\nname = \"box-1\"\n\
+             [peer]\nbind = \"10.0.0.2\"\n[peer.apps]\nhello = \"127.0.0.1:8080\"\n",
+        )
+        .unwrap();
+        let r = c.rendezvous.as_ref().unwrap();
+        assert_eq!(r.device_name().unwrap().as_str(), "box-1");
+        assert_eq!(r.ca_file, None);
+        assert_eq!(c.peer.bind.to_string(), "10.0.0.2");
+        assert_eq!(c.peer.apps["hello"].to_string(), "127.0.0.1:8080");
+        // Absent: no peer connection.
+        assert_eq!(parse("").unwrap().rendezvous, None);
+    }
+
+    #[test]
+    fn bad_rendezvous_values_name_the_key_and_line() {
+        let err = parse(
+            "board = \"sim\"\n[rendezvous]\nflock_url = \"ws://f/device\"\nname = \"Box_1\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { line: Some(4), .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("rendezvous.name"), "{err}");
+        let err =
+            parse("[rendezvous]\nflock_url = \"http://f/device\"\nname = \"box\"\n").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { line: Some(2), .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ws://"), "{err}");
+        let err = parse("[rendezvous]\nflock_url = \"wss://f/device\"\nname = \"box\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rendezvous.ca_file"), "{err}");
+        // A missing key is a parse error naming it.
+        let err = parse("[rendezvous]\nname = \"box\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flock_url"), "{err}");
+        let err = parse("[peer]\nbind = \"0.0.0.0\"\n").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { line: Some(2), .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub enum Request {
     Error {
         action: ErrorAction,
     },
+    /// `{"cmd":"peers"}`: the status plus [`Response::sessions`].
+    Peers,
 }
 
 /// What an `update` request asks for.
@@ -77,6 +79,9 @@ pub struct Response {
     pub result: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The peer sessions; only in the answer to `{"cmd":"peers"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Vec<PeerSession>>,
 }
 
 impl Response {
@@ -85,6 +90,7 @@ impl Response {
             ok: true,
             result: Some(status),
             error: None,
+            sessions: None,
         }
     }
 
@@ -93,6 +99,7 @@ impl Response {
             ok: false,
             result: None,
             error: Some(message.into()),
+            sessions: None,
         }
     }
 
@@ -131,6 +138,52 @@ pub struct Status {
     /// (`recovery_config` in the agent config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateStatus>,
+    /// The flock link; present when `[rendezvous]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendezvous: Option<RendezvousStatus>,
+    /// Live peer sessions; present when `[rendezvous]` is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<u32>,
+}
+
+/// Where the flock link stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RendezvousStatus {
+    /// `connecting`, `registered`, `rejected` or `retrying`.
+    pub state: String,
+    /// The name the appliance registers.
+    pub name: String,
+    /// One line for people, e.g. `registered as box-1`.
+    pub detail: String,
+    /// Browser sessions are let in without login (`--insecure-open`).
+    pub insecure_open: bool,
+}
+
+/// One peer session in the answer to `{"cmd":"peers"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSession {
+    /// The agent's id for the session.
+    pub id: u64,
+    /// flock's id of its signalling.
+    pub signalling: u64,
+    /// ICE and DTLS are up.
+    pub connected: bool,
+    /// The selected candidate pair: `host`, `srflx`, `prflx` or `relay`
+    /// (relayed if either side is, else reflexive if either side is), or
+    /// `unknown` until ICE has selected a pair.
+    pub pair: String,
+    /// The pair's local and remote candidate types, when selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_candidate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_candidate: Option<String>,
+    /// Round-trip time on the selected pair, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    /// UDP payload bytes received from and sent to the browser.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub age_ms: u64,
 }
 
 /// Updates since the agent started, the boot slot waiting for a reboot and
@@ -538,8 +591,24 @@ impl ControlClient {
         })
     }
 
-    /// Sends one request and waits for its response.
+    /// Sends one request and waits for its status.
     pub async fn request(&mut self, request: &Request) -> Result<Status, ClientError> {
+        self.exchange(request)
+            .await?
+            .into_result()
+            .map_err(ClientError::Agent)
+    }
+
+    /// The status and the peer sessions.
+    pub async fn peers(&mut self) -> Result<(Status, Vec<PeerSession>), ClientError> {
+        let response = self.exchange(&Request::Peers).await?;
+        let sessions = response.sessions.clone().unwrap_or_default();
+        let status = response.into_result().map_err(ClientError::Agent)?;
+        Ok((status, sessions))
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn exchange(&mut self, request: &Request) -> Result<Response, ClientError> {
         let io = |source| ClientError::Io {
             path: self.path.clone(),
             source,
@@ -558,7 +627,7 @@ impl ControlClient {
                     read_line_limited(&mut self.rd, &mut self.buf, 64 * 1024).await
                 {
                     if let Ok(r) = serde_json::from_slice::<Response>(&self.buf) {
-                        return r.into_result().map_err(ClientError::Agent);
+                        return Ok(r);
                     }
                 }
             }
@@ -583,12 +652,10 @@ impl ControlClient {
                 })
             }
         }
-        let response: Response =
-            serde_json::from_slice(&self.buf).map_err(|e| ClientError::Protocol {
-                path: self.path.clone(),
-                message: e.to_string(),
-            })?;
-        response.into_result().map_err(ClientError::Agent)
+        serde_json::from_slice(&self.buf).map_err(|e| ClientError::Protocol {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
     }
 
     pub async fn status(&mut self) -> Result<Status, ClientError> {
@@ -663,6 +730,8 @@ mod tests {
             update_percent: None,
             error: None,
             update: None,
+            rendezvous: None,
+            peers: None,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::control::{
     Status, UpdateRequest, Versions,
 };
 use crate::gestures::{GestureConfig, Gestures};
+use crate::peer::service::PeerService;
 use crate::recovery::{
     AbRecovery, MarkGood, NotWired, Recovery, RecoveryError, SlotsStatus, UpdateOutcome,
     UpdateSource,
@@ -84,13 +85,37 @@ pub fn open_board(config: &Config) -> anyhow::Result<BoardHandle> {
     })
 }
 
+/// What the command line sets besides the config file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `--insecure-open`: every browser that reaches the device gets a
+    /// session, without login. Development and tests only; warned about at
+    /// start and every [`INSECURE_WARNING_EVERY`].
+    pub insecure_open: bool,
+}
+
+/// How often `--insecure-open` is warned about while the daemon runs.
+pub const INSECURE_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// Runs the whole daemon until `shutdown` completes. Returns after a clean
 /// shutdown (socket removed, LEDs off).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let recovery = open_recovery(&config)?;
     let state = StateDir::open(&config.state_dir)?;
     let board = open_board(&config)?;
-    serve(&config, state, board, recovery, shutdown).await
+    serve(&config, state, board, recovery, options, shutdown).await
+}
+
+fn warn_insecure_open() {
+    tracing::warn!(
+        "INSECURE: intrustd runs with --insecure-open: every browser that reaches this device \
+         through flock gets in, without login, and can use all of its apps. \
+         For development and tests only."
+    );
 }
 
 /// The recovery the config names: [`AbRecovery`] from `recovery_config`
@@ -140,12 +165,14 @@ fn apps_healthy() -> bool {
     true
 }
 
-/// What status reports that does not change while the daemon runs.
+/// What status reports that the loop does not change.
 struct Fixed {
     started: Mono,
     device_id: String,
     board: String,
     sim_socket: Option<PathBuf>,
+    /// The peer connection, when `[rendezvous]` is configured.
+    peer: Option<PeerService>,
 }
 
 /// The main loop over an opened state dir and board.
@@ -154,6 +181,7 @@ pub async fn serve(
     state: StateDir,
     board: BoardHandle,
     recovery: Arc<dyn Recovery>,
+    options: Options,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started = Mono::now();
@@ -175,6 +203,33 @@ pub async fn serve(
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ControlRequest>(16);
     let server = ControlServer::bind(&config.control_socket, ctl_tx)?;
+    if options.insecure_open {
+        warn_insecure_open();
+    }
+    let peer = match &config.rendezvous {
+        Some(section) => Some(PeerService::start(
+            config,
+            section,
+            &state,
+            options.insecure_open,
+        )?),
+        None => {
+            tracing::info!("no [rendezvous] in the config: running without the peer connection");
+            if options.insecure_open {
+                tracing::warn!("--insecure-open has no effect without [rendezvous]");
+            }
+            None
+        }
+    };
+    let mut peer_count = peer.as_ref().map(|p| p.watch_count());
+    let mut insecure_warning = (options.insecure_open && peer.is_some()).then(|| {
+        let mut i = tokio::time::interval_at(
+            tokio::time::Instant::now() + INSECURE_WARNING_EVERY,
+            INSECURE_WARNING_EVERY,
+        );
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     // Unbounded: at most one message per percent of one install, plus one
     // per request; the senders are blocking threads that must not wait.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -182,11 +237,12 @@ pub async fn serve(
     app.handle_input(Input::BootFinished { paired }, Mono::now());
     let mut last_state = app.state();
     show_leds(&last_state, &mut leds, &mut shown);
-    let fixed = Fixed {
+    let mut fixed = Fixed {
         started,
         device_id: device_id.to_string(),
         board: board_name,
         sim_socket,
+        peer,
     };
     tracing::info!(
         device_id = %fixed.device_id,
@@ -305,8 +361,14 @@ pub async fn serve(
                 let now = Mono::now();
                 let mut refused = None;
                 let mut reply = Some(req.reply);
+                let is_peers = req.request == Request::Peers;
                 match req.request {
                     Request::Status => {}
+                    Request::Peers => {
+                        if fixed.peer.is_none() {
+                            refused = Some("no [rendezvous] in the agent config: the peer connection is off".to_owned());
+                        }
+                    }
                     Request::Pairing { action: PairingAction::Open } => app.handle_input(Input::OpenPairingWindow, now),
                     Request::Pairing { action: PairingAction::Close } => app.handle_input(Input::ClosePairingWindow, now),
                     Request::Error { action: ErrorAction::Clear } => {
@@ -343,10 +405,28 @@ pub async fn serve(
                 if let Some(reply) = reply {
                     let response = match refused {
                         Some(e) => Response::error(e),
-                        None => Response::ok(status(&fixed, &app, &shown, factory_reset_requests, &updates, None, now)),
+                        None => {
+                            let mut r = Response::ok(status(&fixed, &app, &shown, factory_reset_requests, &updates, None, now));
+                            if is_peers {
+                                r.sessions = fixed.peer.as_ref().map(|p| p.sessions());
+                            }
+                            r
+                        }
                     };
                     let _ = reply.send(response);
                 }
+            }
+            Some(n) = async {
+                match peer_count.as_mut() {
+                    Some(rx) => rx.changed().await.ok().map(|()| *rx.borrow_and_update()),
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::debug!(peers = n, "peer sessions changed");
+                app.handle_input(Input::PeerCount(u32::try_from(n).unwrap_or(u32::MAX)), Mono::now());
+            }
+            _ = async { match insecure_warning.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending().await } } => {
+                warn_insecure_open();
             }
             _ = async { match watchdog.as_mut() { Some(w) => { w.tick().await; } None => std::future::pending().await } } => {
                 notify(&[sd_notify::NotifyState::Watchdog]);
@@ -377,6 +457,9 @@ pub async fn serve(
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     drop(server); // stops accepting, removes the control socket
+    if let Some(peer) = fixed.peer.take() {
+        peer.stop().await;
+    }
     for (role, led) in leds.iter_mut() {
         if let Err(e) = led.set(&LedPattern::Off) {
             tracing::warn!(led = %role, error = %e, "cannot switch LED off");
@@ -430,6 +513,11 @@ fn status(
             _ => None,
         },
         update: updates.status(slots),
+        rendezvous: fixed.peer.as_ref().map(|p| p.status(now)),
+        peers: fixed
+            .peer
+            .as_ref()
+            .map(|p| u32::try_from(*p.watch_count().borrow()).unwrap_or(u32::MAX)),
     }
 }
 
@@ -599,7 +687,7 @@ mod tests {
         let cfg = config.clone();
         let rec: Arc<dyn Recovery> = recovery.clone();
         let daemon = tokio::spawn(async move {
-            serve(&cfg, state, board, rec, async {
+            serve(&cfg, state, board, rec, Options::default(), async {
                 let _ = stop_rx.await;
             })
             .await
@@ -703,7 +791,7 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let cfg = config.clone();
         let daemon = tokio::spawn(async move {
-            serve(&cfg, state, board, recovery, async {
+            serve(&cfg, state, board, recovery, Options::default(), async {
                 let _ = stop_rx.await;
             })
             .await
@@ -892,9 +980,16 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let cfg = config.clone();
         let daemon = tokio::spawn(async move {
-            serve(&cfg, state, board, Arc::new(Recorded::default()), async {
-                let _ = stop_rx.await;
-            })
+            serve(
+                &cfg,
+                state,
+                board,
+                Arc::new(Recorded::default()),
+                Options::default(),
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
             .await
         });
         wait_for("control socket", || config.control_socket.exists()).await;

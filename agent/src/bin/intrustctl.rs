@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use intrust_agent::control::{ControlClient, MarkGoodState, Status};
+use intrust_agent::control::{ControlClient, MarkGoodState, PeerSession, Status};
 use intrust_board::sim::{SimClient, SimIn, SimOut};
 use intrust_board::{Button, Edge, LedPattern};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,12 @@ enum Command {
     /// Show the agent's state, LEDs, pairing window and updates.
     Status {
         /// Print the raw status JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the browser sessions: candidate pair type, RTT, bytes.
+    Peers {
+        /// Print the sessions as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -146,6 +152,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print_status(&status);
+            }
+        }
+        Command::Peers { json } => {
+            let (_, sessions) = ControlClient::connect(&args.socket).await?.peers().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sessions)?);
+            } else {
+                print_peers(&sessions);
             }
         }
         Command::Pairing { action } => {
@@ -350,6 +364,21 @@ fn print_status(s: &Status) {
     if s.update.is_some() {
         print_update(s);
     }
+    match (&s.rendezvous, s.peers) {
+        (Some(r), peers) => {
+            println!("flock:           {} ({})", r.detail, r.name);
+            println!(
+                "peers:           {} session(s){}",
+                peers.unwrap_or(0),
+                if r.insecure_open {
+                    " — INSECURE: --insecure-open lets every browser in"
+                } else {
+                    ""
+                }
+            );
+        }
+        (None, _) => println!("flock:           not configured (no [rendezvous])"),
+    }
     if let Some(p) = &s.sim_socket {
         println!("sim socket:      {}", p.display());
     }
@@ -358,6 +387,34 @@ fn print_status(s: &Status) {
         "versions:        intrustd {}, control protocol {}",
         s.versions.intrustd, s.versions.control_protocol
     );
+}
+
+fn print_peers(sessions: &[PeerSession]) {
+    if sessions.is_empty() {
+        println!("no peer sessions");
+        return;
+    }
+    println!(
+        "{:>4}  {:>10}  {:<9}  {:<7}  {:>9}  {:>12}  {:>12}  {:>8}",
+        "id", "signalling", "state", "pair", "rtt", "bytes in", "bytes out", "age"
+    );
+    for p in sessions {
+        let rtt = p
+            .rtt_us
+            .map(|us| format!("{:.1} ms", us as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>4}  {:>10}  {:<9}  {:<7}  {:>9}  {:>12}  {:>12}  {:>6.0} s",
+            p.id,
+            p.signalling,
+            if p.connected { "connected" } else { "starting" },
+            p.pair,
+            rtt,
+            p.bytes_in,
+            p.bytes_out,
+            p.age_ms as f64 / 1000.0
+        );
+    }
 }
 
 fn print_window(s: &Status) {

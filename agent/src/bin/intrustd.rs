@@ -18,6 +18,11 @@ struct Args {
     /// Validate the config and the board profile, then exit.
     #[arg(long)]
     check_config: bool,
+    /// DEVELOPMENT ONLY: let every browser that reaches this device through
+    /// flock in, without login. Warned about at start and every minute.
+    /// (A flag, not a config key, so it cannot be left in a config file.)
+    #[arg(long)]
+    insecure_open: bool,
 }
 
 /// The error and its causes, skipping causes whose text the message already shows.
@@ -80,7 +85,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-        daemon::run(config, shutdown).await
+        let options = daemon::Options {
+            insecure_open: args.insecure_open,
+        };
+        daemon::run(config, options, shutdown).await
     })
 }
 

@@ -97,6 +97,50 @@ pub trait Session: Send + Sync {
     fn open_channel(&self, label: &str) -> Result<PendingChannel, PeerError>;
     /// Closes the session; a [`SessionEvent::Closed`] follows.
     fn close(&self);
+    /// What the session looks like now (for status and `intrustctl peers`).
+    fn stats(&self) -> SessionStats;
+}
+
+/// An ICE candidate's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CandidateType {
+    Host,
+    /// Peer reflexive: learnt from a connectivity check, not signalled.
+    Prflx,
+    Srflx,
+    Relay,
+}
+
+impl CandidateType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CandidateType::Host => "host",
+            CandidateType::Prflx => "prflx",
+            CandidateType::Srflx => "srflx",
+            CandidateType::Relay => "relay",
+        }
+    }
+
+    /// How a pair is described: relayed if either side is, else reflexive
+    /// if either side is, else host (a direct path on one network).
+    pub fn of_pair(local: CandidateType, remote: CandidateType) -> CandidateType {
+        local.max(remote)
+    }
+}
+
+/// A session's counters and selected path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// ICE and DTLS are up.
+    pub connected: bool,
+    /// The types of the selected candidate pair (local, remote), once ICE
+    /// has chosen one.
+    pub pair: Option<(CandidateType, CandidateType)>,
+    /// Round-trip time on the selected pair (ICE consent checks).
+    pub rtt: Option<std::time::Duration>,
+    /// UDP payload bytes received and sent (all of ICE, DTLS and SCTP).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// A channel opened locally, not yet open.

@@ -8,13 +8,14 @@
 //! dropped on `Closed`/`Disconnected`, the connection goes on); nothing a
 //! browser or flock sends can stop the host loop.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use super::engine::{PeerEngine, Session};
+use super::engine::{PeerEngine, Session, SessionStats};
 use super::tunnel::{serve_session, TunnelConfig};
 use crate::rendezvous::{SignallingCommand, SignallingEvent};
 
@@ -48,12 +49,100 @@ impl Authenticator for RefuseAll {
     }
 }
 
+/// One live session as status reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The host's own id (flock's ids restart with a new flock connection).
+    pub id: u64,
+    /// flock's id of the session's signalling.
+    pub signalling: u64,
+    /// When the offer was accepted.
+    pub started: Instant,
+    pub stats: SessionStats,
+}
+
+/// Host id → (flock's session id, start, session).
+type Live = BTreeMap<u64, (u64, Instant, Arc<dyn Session>)>;
+
+/// The sessions that are up, shared between the host and whoever reports
+/// them (the daemon's status). Cheap to clone.
+#[derive(Clone)]
+pub struct LiveSessions {
+    sessions: Arc<Mutex<Live>>,
+    count: Arc<watch::Sender<usize>>,
+}
+
+impl LiveSessions {
+    fn new() -> Self {
+        LiveSessions {
+            sessions: Default::default(),
+            count: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, id: u64, signalling: u64, session: Arc<dyn Session>) {
+        let n = {
+            let mut s = self.lock();
+            s.insert(id, (signalling, Instant::now(), session));
+            s.len()
+        };
+        self.count.send_replace(n);
+    }
+
+    fn remove(&self, id: u64) {
+        let n = {
+            let mut s = self.lock();
+            s.remove(&id);
+            s.len()
+        };
+        self.count.send_replace(n);
+    }
+
+    /// The live sessions with their current counters, oldest first.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let sessions: Vec<_> = self
+            .lock()
+            .iter()
+            .map(|(id, (sig, started, s))| (*id, *sig, *started, s.clone()))
+            .collect();
+        // Stats take each session's own lock: not under ours.
+        sessions
+            .into_iter()
+            .map(|(id, signalling, started, s)| SessionInfo {
+                id,
+                signalling,
+                started,
+                stats: s.stats(),
+            })
+            .collect()
+    }
+
+    /// Closes every live session (shutdown); each leaves the list as it ends.
+    pub fn close_all(&self) {
+        let sessions: Vec<_> = self.lock().values().map(|(_, _, s)| s.clone()).collect();
+        for s in sessions {
+            s.close();
+        }
+    }
+
+    /// The number of live sessions, updated on every change.
+    pub fn watch_count(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+}
+
 /// Serves browser sessions.
 pub struct PeerHost {
     engine: Arc<dyn PeerEngine>,
     tunnel: Arc<TunnelConfig>,
     auth: Arc<dyn Authenticator>,
     active: Arc<AtomicUsize>,
+    live: LiveSessions,
+    next_id: AtomicU64,
 }
 
 impl PeerHost {
@@ -67,7 +156,14 @@ impl PeerHost {
             tunnel,
             auth,
             active: Arc::new(AtomicUsize::new(0)),
+            live: LiveSessions::new(),
+            next_id: AtomicU64::new(1),
         }
+    }
+
+    /// The live sessions (list and count), for status.
+    pub fn live_sessions(&self) -> LiveSessions {
+        self.live.clone()
     }
 
     /// How many peer connections are up (for status).
@@ -147,11 +243,16 @@ impl PeerHost {
             .map_err(|e| format!("the device could not answer: {e}"))?;
         let tunnel = self.tunnel.clone();
         let active = self.active.clone();
+        let live = self.live.clone();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         active.fetch_add(1, Ordering::Relaxed);
+        live.insert(id, session, accepted.session.clone());
+        tracing::info!(id, session, "peer session started");
         tokio::spawn(async move {
             serve_session(tunnel, accepted.events).await;
             active.fetch_sub(1, Ordering::Relaxed);
-            tracing::debug!(session, "peer session over");
+            live.remove(id);
+            tracing::info!(id, session, "peer session over");
         });
         Ok((accepted.session, accepted.answer_sdp))
     }

@@ -10,7 +10,9 @@
 //! - [`tunnel`]: the tunnel protocol (the `control` channel and one
 //!   HTTP/1.1 connection per `http/1.1 APP` channel, proxied with hyper);
 //! - [`host`]: browser sessions from rendezvous signalling, admitted by an
-//!   `Authenticator` (`--insecure-open` until login exists).
+//!   `Authenticator` (`--insecure-open` until login exists);
+//! - [`service`]: the daemon's peer connection (flock link + host) from
+//!   `[rendezvous]` and `[peer]`.
 //!
 //! Invariants: nothing outside [`str0m_engine`] names a `str0m` type; the
 //! tunnel only sees [`engine::SessionEvent`] and [`stream::ChannelStream`].
@@ -18,6 +20,7 @@
 pub mod config;
 pub mod engine;
 pub mod host;
+pub mod service;
 pub mod str0m_engine;
 pub mod stream;
 pub mod tunnel;

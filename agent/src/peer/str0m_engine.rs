@@ -35,12 +35,13 @@ use bytes::Bytes;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::engine::{
-    Accepted, ChannelIo, PeerEngine, PeerError, PendingChannel, Session, SessionEvent, MAX_MESSAGE,
+    Accepted, CandidateType, ChannelIo, PeerEngine, PeerError, PendingChannel, Session,
+    SessionEvent, SessionStats, MAX_MESSAGE,
 };
 use super::udp;
 
@@ -52,6 +53,8 @@ pub const CHANNEL_HIGH_WATER: usize = 128 * 1024;
 pub const INBOUND_LIMIT: usize = 1024 * 1024;
 /// Datagrams handled per wake-up before output is polled again.
 const RECV_BATCH: usize = 64;
+/// How often str0m reports the selected pair and its RTT.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How the str0m engine binds and sizes its sessions.
 #[derive(Debug, Clone)]
@@ -98,6 +101,7 @@ impl Str0mEngine {
         let mut rtc = RtcConfig::new()
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
             .set_sctp_max_buffered_amount(buffer)
+            .set_stats_interval(Some(STATS_INTERVAL))
             .build(Instant::now());
         let addr = SocketAddr::new(self.config.bind, 0);
         let socket = udp::bind(addr).map_err(|source| PeerError::Socket { addr, source })?;
@@ -139,11 +143,26 @@ impl PeerEngine for Str0mEngine {
         let offer =
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadOffer(e.to_string()))?;
         let (mut rtc, socket, candidates) = self.new_rtc()?;
+        // Candidates in the offer itself (the rest are trickled).
+        let remote_kinds = offer_sdp
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a="))
+            .filter(|l| l.starts_with("candidate:"))
+            .filter_map(|l| Candidate::from_sdp_string(l).ok())
+            .map(|c| (c.addr(), kind(c.kind())))
+            .collect();
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| PeerError::BadOffer(e.to_string()))?;
-        let (session, events) = start(rtc, socket, candidates, None, self.config.silence_timeout);
+        let (session, events) = start(
+            rtc,
+            socket,
+            candidates,
+            remote_kinds,
+            None,
+            self.config.silence_timeout,
+        );
         Ok(Accepted {
             answer_sdp: answer.to_sdp_string(),
             session,
@@ -183,6 +202,7 @@ impl PendingOffer {
             rtc,
             self.socket,
             self.candidates,
+            HashMap::new(),
             Some((self.first, self.first_label, tx)),
             self.silence_timeout,
         );
@@ -221,6 +241,25 @@ struct Inner {
     close_requested: bool,
     close_started: bool,
     ended: bool,
+    connected: bool,
+    /// Signalled candidates by address, to name the selected pair's types
+    /// (str0m's stats give addresses only); unknown remote = prflx.
+    local_kinds: HashMap<SocketAddr, CandidateType>,
+    remote_kinds: HashMap<SocketAddr, CandidateType>,
+    /// The selected pair (local, remote) and its RTT, from str0m's stats.
+    selected: Option<(SocketAddr, SocketAddr)>,
+    rtt: Option<Duration>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+fn kind(k: CandidateKind) -> CandidateType {
+    match k {
+        CandidateKind::Host => CandidateType::Host,
+        CandidateKind::PeerReflexive => CandidateType::Prflx,
+        CandidateKind::ServerReflexive => CandidateType::Srflx,
+        CandidateKind::Relayed => CandidateType::Relay,
+    }
 }
 
 struct ChannelState {
@@ -265,7 +304,10 @@ impl Inner {
             match self.rtc.poll_output() {
                 Err(e) => return Err(format!("engine error: {e}")),
                 Ok(Output::Timeout(t)) => return Ok(t),
-                Ok(Output::Transmit(t)) => transmits.push((t.destination, t.contents.to_vec())),
+                Ok(Output::Transmit(t)) => {
+                    self.bytes_out += t.contents.len() as u64;
+                    transmits.push((t.destination, t.contents.to_vec()))
+                }
                 Ok(Output::Event(ev)) => self.on_event(ev, shared, events)?,
             }
         }
@@ -279,7 +321,14 @@ impl Inner {
     ) -> Result<(), String> {
         match event {
             Event::Connected => {
+                self.connected = true;
                 let _ = events.send(SessionEvent::Connected);
+            }
+            Event::PeerStats(stats) => {
+                if let Some(pair) = stats.selected_candidate_pair {
+                    self.selected = Some((pair.local.addr, pair.remote.addr));
+                    self.rtt = pair.current_round_trip_time.or(stats.rtt);
+                }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 return Err("ICE disconnected".into());
@@ -340,6 +389,7 @@ impl Inner {
     }
 
     fn receive(&mut self, source: SocketAddr, local: SocketAddr, datagram: &[u8]) {
+        self.bytes_in += datagram.len() as u64;
         let Ok(receive) = Receive::new(Protocol::Udp, source, local, datagram) else {
             tracing::trace!(%source, "ignored a datagram that is not STUN, DTLS or RTP");
             return;
@@ -370,9 +420,15 @@ fn start(
     rtc: Rtc,
     socket: UdpSocket,
     local_candidates: Vec<String>,
+    remote_kinds: HashMap<SocketAddr, CandidateType>,
     first: Option<(ChannelId, String, Opened)>,
     silence_timeout: Duration,
 ) -> (Arc<dyn Session>, mpsc::UnboundedReceiver<SessionEvent>) {
+    let local_kinds = local_candidates
+        .iter()
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .map(|c| (c.addr(), kind(c.kind())))
+        .collect();
     let mut pending_opens = HashMap::new();
     if let Some((id, label, tx)) = first {
         pending_opens.insert(id, (label, tx));
@@ -386,6 +442,13 @@ fn start(
             close_requested: false,
             close_started: false,
             ended: false,
+            connected: false,
+            local_kinds,
+            remote_kinds,
+            selected: None,
+            rtt: None,
+            bytes_in: 0,
+            bytes_out: 0,
         }),
         wake: Notify::new(),
         local_candidates,
@@ -498,7 +561,10 @@ impl Session for Str0mSession {
             candidate: candidate.to_string(),
             reason: e.to_string(),
         })?;
-        self.shared.lock().rtc.add_remote_candidate(c);
+        let mut inner = self.shared.lock();
+        inner.remote_kinds.insert(c.addr(), kind(c.kind()));
+        inner.rtc.add_remote_candidate(c);
+        drop(inner);
         self.shared.wake.notify_one();
         Ok(())
     }
@@ -526,6 +592,33 @@ impl Session for Str0mSession {
     fn close(&self) {
         self.shared.lock().close_requested = true;
         self.shared.wake.notify_one();
+    }
+
+    fn stats(&self) -> SessionStats {
+        let inner = self.shared.lock();
+        let pair = inner.selected.map(|(local, remote)| {
+            (
+                // Our own candidates are all signalled; a relayed local
+                // address would be listed too once TURN gathering exists.
+                inner
+                    .local_kinds
+                    .get(&local)
+                    .copied()
+                    .unwrap_or(CandidateType::Host),
+                inner
+                    .remote_kinds
+                    .get(&remote)
+                    .copied()
+                    .unwrap_or(CandidateType::Prflx),
+            )
+        });
+        SessionStats {
+            connected: inner.connected && !inner.ended,
+            pair,
+            rtt: inner.rtt,
+            bytes_in: inner.bytes_in,
+            bytes_out: inner.bytes_out,
+        }
     }
 }
 
