@@ -30,9 +30,10 @@ cargo xtask: build, test, demo and measure the Intrustd appliance agent
 Usage: cargo xtask <COMMAND> [OPTIONS]
 
 Commands:
-  demo [--for SECS]   run intrustd on a simulated board and watch its LEDs
-                      (Ctrl-C stops; --for stops after SECS seconds)
-  test [--no-cross]   what CI runs: workspace tests, then the aarch64 build
+  demo [--for SECS]   the whole system: an example app, flock with the portal,
+                      intrustd on a simulated board; prints what to open and
+                      shows the LEDs (Ctrl-C stops; --for after SECS seconds)
+  test [--no-cross]   what CI runs: browser client and workspace tests, then the aarch64 build
                       run under QEMU (--no-cross skips that part)
   cross               build aarch64 binaries into target/cross/dist/, run
                       intrustd --version and a HIL scenario under qemu-aarch64
