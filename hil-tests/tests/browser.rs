@@ -110,7 +110,14 @@ async fn webrtc_data_channel_works_on_loopback() {
     assert_eq!(result["local"]["type"], "host", "{result}");
     let loopback = |v: &Value| v == "127.0.0.1" || v == "::1";
     assert!(loopback(&result["local"]["address"]), "{result}");
-    assert!(loopback(&result["remote"]["address"]), "{result}");
+    // Under load a check can arrive before the trickled candidate: the
+    // remote is then peer-reflexive and Chromium hides its address; a
+    // socket bound to loopback can only have talked to loopback.
+    assert!(
+        loopback(&result["remote"]["address"])
+            || (result["remote"]["type"] == "prflx" && result["remote"]["address"] == ""),
+        "{result}"
+    );
     b.close().await.unwrap();
     eprintln!(
         "webrtc_data_channel_works_on_loopback took {:.1?}",
@@ -327,6 +334,390 @@ async fn portal_offer_and_trickled_candidates_reach_the_device() {
     b.close().await.unwrap();
     eprintln!(
         "portal_offer_and_trickled_candidates_reach_the_device took {:.1?}",
+        started.elapsed()
+    );
+}
+
+/// The appliance's name at flock in the end-to-end test.
+const E2E_DEVICE: &str = "e2e-box";
+/// Size of the large download.
+const BIG: usize = 16 << 20;
+/// The whole end-to-end test, builds aside.
+const E2E_LIMIT: Duration = Duration::from_secs(90);
+
+/// The portal once connected: every step done, the apps listed, the route.
+const CONNECTED: &str = "(() => { \
+    const steps = [...document.querySelectorAll('#steps li')].map((li) => li.dataset.state); \
+    const section = document.getElementById('apps-section'); \
+    const route = document.getElementById('route'); \
+    const status = document.getElementById('status'); \
+    if (status.classList.contains('error')) return { error: status.textContent, steps }; \
+    if (section.hidden || !steps.every((s) => s === 'done')) return null; \
+    return { steps, status: status.textContent, route: route.hidden ? null : route.textContent, \
+      apps: [...document.querySelectorAll('#apps li')].map((li) => ({ \
+        name: li.querySelector('span') && li.querySelector('span').textContent, \
+        href: li.querySelector('a') && li.querySelector('a').href })) }; })()";
+
+/// Starts, in the page, a second connection with the library itself
+/// (`/intrust.js`) and fetches through it; `window.e2e` gets the results
+/// (or `{error}`).
+const LIBRARY_FETCHES: &str = r#"
+window.e2e = null;
+(async () => {
+  const lib = await import("/intrust.js");
+  const a = await lib.connect(location.origin, arguments[0]);
+  window.e2eAppliance = a;
+  const out = { device: a.device, apps: a.apps, route: await a.route() };
+  let r = await a.fetch("hello", "/");
+  out.page = { status: r.status, type: r.headers.get("content-type"), text: await r.text() };
+  r = await a.fetch("hello", "/api/counter");
+  out.counter = { status: r.status, type: r.headers.get("content-type"), json: await r.json() };
+  r = await a.fetch("hello", "/picture.svg");
+  out.picture = { status: r.status, type: r.headers.get("content-type"), text: await r.text() };
+  r = await a.fetch("hello", "/no-such-page");
+  out.missing = { status: r.status };
+  return out;
+})().then((v) => { window.e2e = v; }, (e) => { window.e2e = { error: String(e && e.stack || e) }; });
+return true;
+"#;
+
+/// The large download through the library's connection; `window.e2eBig`
+/// gets its length, SHA-256 (hex) and time.
+const BIG_DOWNLOAD: &str = r#"
+window.e2eBig = null;
+(async () => {
+  const t0 = performance.now();
+  const r = await window.e2eAppliance.fetch("big", "/blob");
+  const buf = await r.arrayBuffer();
+  const ms = performance.now() - t0;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", buf));
+  const hex = [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
+  return { status: r.status, length: buf.byteLength, sha256: hex, ms,
+           declared: r.headers.get("content-length") };
+})().then((v) => { window.e2eBig = v; }, (e) => { window.e2eBig = { error: String(e && e.stack || e) }; });
+return true;
+"#;
+
+/// What the page knows of its service worker registrations, and whether
+/// `navigator.serviceWorker.ready` resolves (within 1 s).
+const SW_DIAGNOSIS: &str = r#"
+const done = arguments[arguments.length - 1];
+(async () => {
+  const regs = await navigator.serviceWorker.getRegistrations();
+  const ready = await Promise.race([navigator.serviceWorker.ready.then(() => "resolved"),
+    new Promise((r) => setTimeout(() => r("still pending after 1 s"), 1000))]);
+  return { page: location.pathname, ready, registrations: regs.map((r) => ({ scope: r.scope,
+    active: r.active && r.active.state, waiting: !!r.waiting, installing: !!r.installing })) };
+})().then(done, (e) => done({ error: String(e) }));
+"#;
+
+/// Set to run the end-to-end test with [`TEXT_CONTROL_SHIM`] installed.
+const E2E_WORKAROUNDS_ENV: &str = "INTRUST_E2E_WORKAROUNDS";
+
+/// Page-side workarounds for three known bugs, installed only when
+/// `INTRUST_E2E_WORKAROUNDS` is set, so the rest of the path can be
+/// checked while they are open (remove each with its fix):
+/// 1. intrustd sends the control channel's hello as a *binary* message
+///    (`Str0mChannel::poll_send` always writes binary), and the portal
+///    refuses it: the hello is decoded to text here.
+/// 2. `attachServiceWorker` awaits `navigator.serviceWorker.ready`, which
+///    never resolves in the portal (`/` is outside the worker's `app/`
+///    scope): `ready` here waits for the `/app/` registration instead.
+/// 3. `classifyRoute` iterates the `RTCStatsReport` (a map: `[id, stat]`
+///    entries), so every route is "unknown": `getStats` returns the stats.
+const TEXT_CONTROL_SHIM: &str = r#"
+const add = RTCDataChannel.prototype.addEventListener;
+RTCDataChannel.prototype.addEventListener = function (type, listener, opts) {
+  if (this.label === "control" && type === "message") {
+    this.binaryType = "arraybuffer";
+    const inner = listener;
+    listener = (ev) => inner(typeof ev.data === "string" ? ev : new MessageEvent("message", { data: new TextDecoder().decode(ev.data) }));
+  }
+  return add.call(this, type, listener, opts);
+};
+const getStats = RTCPeerConnection.prototype.getStats;
+RTCPeerConnection.prototype.getStats = async function (...args) {
+  return [...(await getStats.apply(this, args)).values()];
+};
+Object.defineProperty(navigator.serviceWorker, "ready", { get: () => (async () => {
+  for (;;) {
+    const r = await navigator.serviceWorker.getRegistration("/app/");
+    if (r && r.active && r.active.state === "activated") return r;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+})() });
+return true;
+"#;
+
+/// The app page opened through the service worker, once it shows the
+/// counter (polled through the tunnel) and the picture has loaded.
+const APP_RENDERED: &str = "(() => { \
+    const c = document.getElementById('clicks'), s = document.getElementById('state'), \
+          img = document.getElementById('picture'); \
+    if (!c || !s || !img) return null; \
+    if (s.textContent.startsWith('error')) return { error: s.textContent }; \
+    if (s.textContent !== 'live' || !/^[0-9]+$/.test(c.textContent) || !img.complete || img.naturalWidth === 0) return null; \
+    return { path: location.pathname, title: document.title, clicks: Number(c.textContent), \
+             requests: document.getElementById('requests').textContent, img: img.naturalWidth, \
+             h1: document.querySelector('h1').textContent, controlled: !!navigator.serviceWorker.controller }; })()";
+
+fn sha256_hex(data: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Everything the end-to-end test runs, for its failure messages.
+struct E2eLogs<'a> {
+    flock: &'a Flock,
+    agent: &'a intrust_hil::browser::stack::Appliance,
+    app: &'a intrust_hil::browser::stack::HelloApp,
+}
+
+impl E2eLogs<'_> {
+    fn dump(&self) -> String {
+        format!(
+            "\n--- intrustd log (end) ---\n{}\n--- flock log ---\n{}\n--- hello-app log (end) ---\n{}",
+            self.agent.process.log_tail(60),
+            self.flock.log(),
+            self.app.process.log_tail(20)
+        )
+    }
+}
+
+/// The whole path in a real Chromium: the portal connects to a real
+/// intrustd through a real flock, the library fetches the example app's
+/// page, JSON and picture and a 16 MiB download (SHA-256 checked), and
+/// the app page opened through the service worker renders and counts a
+/// click. `INTRUST_E2E_WORKAROUNDS=1 cargo test -p intrust-hil --test
+/// browser -- --ignored` runs it past the known bugs.
+#[tokio::test]
+#[ignore = "blocked by three bugs in agent/ and flock/web (binary control hello, serviceWorker.ready, classifyRoute), see TEXT_CONTROL_SHIM"]
+async fn portal_connects_and_the_app_works_through_the_tunnel() {
+    use intrust_hil::browser::stack::{self, Appliance, BlobServer, HelloApp};
+
+    // Builds first (no-ops when current); the time limit starts after them.
+    let (flock_bin, dist) = flock_and_portal();
+    let intrustd = intrust_hil::daemon::build_intrustd_for_tests()
+        .unwrap_or_else(|e| panic!("cannot build intrustd: {e:#}"));
+    let hello_bin = stack::build_bin_for_tests("hello-app", "hello-app")
+        .unwrap_or_else(|e| panic!("cannot build hello-app: {e:#}"));
+    let started = Instant::now();
+
+    let app = HelloApp::start(&hello_bin).unwrap_or_else(|e| panic!("{e:#}"));
+    let blob = std::sync::Arc::new(stack::deterministic_bytes(BIG, 0x1e2e_b16d));
+    let expected_sha = sha256_hex(&blob);
+    let big = BlobServer::start(blob.clone()).unwrap_or_else(|e| panic!("{e:#}"));
+    let f = Flock::start(&flock_bin, &dist).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut agent = Appliance::start(
+        &intrustd,
+        f.addr,
+        E2E_DEVICE,
+        &[("hello", app.addr), ("big", big.addr)],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nflock log:\n{}", f.log()));
+    agent
+        .process
+        .wait_until("registration with flock", T, |_| {
+            f.has_registered(E2E_DEVICE)
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\nflock log:\n{}", f.log()));
+    eprintln!(
+        "hello-app, blob server, flock and intrustd up, {E2E_DEVICE} registered, in {:.1?}",
+        started.elapsed()
+    );
+
+    let b = browser().await;
+    let url = f.url();
+    let logs = E2eLogs {
+        flock: &f,
+        agent: &agent,
+        app: &app,
+    };
+    let run = b.scenario("e2e", async |b| {
+        // The portal: name, Connect, all steps done, the app list, a direct route.
+        b.goto(&url).await?;
+        b.wait_for(
+            "the portal script to run",
+            "document.readyState === 'complete'",
+            T,
+        )
+        .await?;
+        b.allow_all_interfaces().await?;
+        if std::env::var_os(E2E_WORKAROUNDS_ENV).is_some() {
+            b.execute(TEXT_CONTROL_SHIM, vec![]).await?;
+        }
+        connect_to(b, E2E_DEVICE).await?;
+        let connected = match b.wait_for("the portal to connect", CONNECTED, T).await {
+            Ok(v) => v,
+            Err(e) => {
+                let sw = b.execute_async(SW_DIAGNOSIS, vec![]).await;
+                return Err(e.context(format!("the portal's service worker: {sw:?}")));
+            }
+        };
+        eprintln!("portal connected: {connected}");
+        anyhow::ensure!(
+            connected.get("error").is_none(),
+            "the portal failed: {connected}"
+        );
+        let apps = connected["apps"].as_array().cloned().unwrap_or_default();
+        let hello = apps
+            .iter()
+            .find(|a| a["name"] == "hello")
+            .ok_or_else(|| anyhow::anyhow!("hello is not in the app list: {connected}"))?;
+        anyhow::ensure!(
+            apps.iter().any(|a| a["name"] == "big"),
+            "big is not in the app list: {connected}"
+        );
+        let href = hello["href"].as_str().unwrap_or_default().to_owned();
+        anyhow::ensure!(
+            href.ends_with("/app/hello/"),
+            "hello has no Open link into the service worker's scope: {connected}"
+        );
+        let route = connected["route"].as_str().unwrap_or_default();
+        anyhow::ensure!(
+            route.starts_with("Direct"),
+            "the route is not direct: {connected}"
+        );
+        let shot = b.screenshot("e2e-portal-connected").await?;
+        eprintln!("portal screenshot: {}", shot.display());
+
+        // The library, from the page: a second connection, then fetches.
+        b.execute(LIBRARY_FETCHES, vec![json!(E2E_DEVICE)]).await?;
+        let r = b.wait_for("the library's fetches", "window.e2e", T).await?;
+        anyhow::ensure!(r.get("error").is_none(), "library fetches failed: {r}");
+        anyhow::ensure!(r["route"] == "direct", "library route: {}", r["route"]);
+        anyhow::ensure!(
+            r["page"]["status"] == 200
+                && r["page"]["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("text/html"))
+                && r["page"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("<h1>hello from the appliance</h1>")),
+            "the app's page through the tunnel: {}",
+            r["page"]
+        );
+        let c = &r["counter"];
+        anyhow::ensure!(
+            c["status"] == 200
+                && c["type"] == "application/json"
+                && c["json"]["clicks"].is_u64()
+                && c["json"]["requests"].as_u64().is_some_and(|n| n >= 2),
+            "the counter through the tunnel: {c}"
+        );
+        let p = &r["picture"];
+        anyhow::ensure!(
+            p["status"] == 200
+                && p["type"] == "image/svg+xml"
+                && p["text"].as_str().is_some_and(|t| t.starts_with("<svg")),
+            "the picture through the tunnel: {p}"
+        );
+        anyhow::ensure!(
+            r["missing"]["status"] == 404,
+            "a missing page: {}",
+            r["missing"]
+        );
+        eprintln!(
+            "library fetches: page {} bytes, counter {}, picture {} bytes, 404 passed through",
+            r["page"]["text"].as_str().map_or(0, str::len),
+            c["json"],
+            p["text"].as_str().map_or(0, str::len)
+        );
+
+        // A large download, checked end to end by SHA-256.
+        b.execute(BIG_DOWNLOAD, vec![]).await?;
+        let d = b
+            .wait_for(
+                "the 16 MiB download",
+                "window.e2eBig",
+                Duration::from_secs(45),
+            )
+            .await?;
+        anyhow::ensure!(d.get("error").is_none(), "the large download failed: {d}");
+        anyhow::ensure!(
+            d["status"] == 200 && d["length"] == json!(BIG),
+            "the large download: {d}"
+        );
+        anyhow::ensure!(
+            d["sha256"] == expected_sha.as_str(),
+            "the large download arrived corrupted: {d}, expected SHA-256 {expected_sha}"
+        );
+        let ms = d["ms"].as_f64().unwrap_or(f64::NAN);
+        eprintln!(
+            "16 MiB through the tunnel intact in {:.0} ms: {:.1} MB/s",
+            ms,
+            BIG as f64 / 1e6 / (ms / 1000.0)
+        );
+
+        // The app page through the service worker, in a new tab.
+        let portal = b.window().await?;
+        // The Open link's target, in a tab of its own (the link itself
+        // opens one with noopener, whose handle chromedriver loses).
+        let tab = b.new_tab().await?;
+        b.switch_to(&tab).await?;
+        b.goto(&href).await?;
+        let page = b
+            .wait_for("the app page to render through the tunnel", APP_RENDERED, T)
+            .await?;
+        anyhow::ensure!(page.get("error").is_none(), "the app page: {page}");
+        anyhow::ensure!(
+            page["path"] == "/app/hello/" && page["controlled"] == true,
+            "the app page is not served by the service worker: {page}"
+        );
+        let before = page["clicks"].as_u64().unwrap_or(0);
+        b.click(&b.find("#click").await?).await?;
+        let after = b
+            .wait_for(
+                "the click to count",
+                &format!(
+                    "(() => {{ const n = Number(document.getElementById('clicks').textContent); \
+                     return n > {before} ? n : null; }})()"
+                ),
+                T,
+            )
+            .await?;
+        eprintln!("app page through the service worker: {page}; after a click: {after}");
+        // The picture is redrawn from the counter: wait until it has loaded.
+        b.wait_for(
+            "the redrawn picture",
+            "(() => { const i = document.getElementById('picture'); \
+             return i.src.includes('?n=') && i.complete && i.naturalWidth > 0; })()",
+            T,
+        )
+        .await?;
+        let shot = b.screenshot("e2e-app-page").await?;
+        eprintln!("app page screenshot: {}", shot.display());
+        b.switch_to(&portal).await?;
+        Ok(())
+    });
+    let result = timeout(E2E_LIMIT.saturating_sub(started.elapsed()), run).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e:#}{}", logs.dump()),
+        Err(_) => panic!(
+            "the end-to-end test took longer than {E2E_LIMIT:?}{}",
+            logs.dump()
+        ),
+    }
+    let peers = std::process::Command::new(intrustd.with_file_name("intrustctl"))
+        .arg("--socket")
+        .arg(&agent.control_socket)
+        .arg("status")
+        .output();
+    if let Ok(out) = peers {
+        eprintln!(
+            "intrustctl status:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    b.close().await.unwrap();
+    let _ = logs;
+    drop(agent);
+    drop(f);
+    drop(big);
+    drop(app);
+    eprintln!(
+        "portal_connects_and_the_app_works_through_the_tunnel took {:.1?}",
         started.elapsed()
     );
 }

@@ -96,6 +96,13 @@ impl Flock {
         format!("http://{}/", self.addr)
     }
 
+    /// Whether `name` is in flock's registry (flock writes it there before
+    /// it answers the device's `Hello` with `Registered`).
+    pub fn has_registered(&self, name: &str) -> bool {
+        std::fs::read_to_string(self.dir.path().join("registry.json"))
+            .is_ok_and(|t| t.contains(&format!("\"{name}\"")))
+    }
+
     /// What flock logged so far (for error messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("flock.stderr")).unwrap_or_default()
@@ -201,7 +208,7 @@ pub fn build_flock_for_tests() -> anyhow::Result<PathBuf> {
 }
 
 /// `<target>/<debug|release|profile>/[deps/]<exe>` → (target, cargo profile).
-fn build_dirs(exe: &Path) -> Option<(PathBuf, String)> {
+pub(crate) fn build_dirs(exe: &Path) -> Option<(PathBuf, String)> {
     let mut dir = exe.parent()?;
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir = dir.parent()?;

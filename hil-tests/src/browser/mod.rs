@@ -9,6 +9,7 @@
 
 pub mod flock;
 pub mod http;
+pub mod stack;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -230,6 +231,47 @@ impl Browser {
             Some(&json!({ "script": script, "args": args })),
         )
         .await
+    }
+
+    /// The handle of the current window (tab).
+    pub async fn window(&self) -> anyhow::Result<String> {
+        let v = self.session_cmd("GET", "/window", None).await?;
+        v.as_str()
+            .map(str::to_owned)
+            .context("the window handle is not a string")
+    }
+
+    /// The handles of all open windows (tabs).
+    pub async fn windows(&self) -> anyhow::Result<Vec<String>> {
+        let v = self.session_cmd("GET", "/window/handles", None).await?;
+        v.as_array()
+            .context("the window handles are not a list")?
+            .iter()
+            .map(|h| {
+                h.as_str()
+                    .map(str::to_owned)
+                    .context("a window handle is not a string")
+            })
+            .collect()
+    }
+
+    /// Opens a new tab and returns its handle (the current window stays).
+    pub async fn new_tab(&self) -> anyhow::Result<String> {
+        let v = self
+            .session_cmd("POST", "/window/new", Some(&json!({ "type": "tab" })))
+            .await?;
+        v.get("handle")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .context("the new window has no handle")
+    }
+
+    /// Makes `handle` the window that later commands act on.
+    pub async fn switch_to(&self, handle: &str) -> anyhow::Result<()> {
+        self.session_cmd("POST", "/window", Some(&json!({ "handle": handle })))
+            .await
+            .with_context(|| format!("cannot switch to window {handle}"))?;
+        Ok(())
     }
 
     /// Polls the JavaScript expression `expr` until it is neither `null`,
