@@ -16,7 +16,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use intrust_agent::peer::engine::{PeerEngine, Session};
+use intrust_agent::peer::engine::{MessageKind, PeerEngine, Session};
 use intrust_agent::peer::str0m_engine::{Str0mConfig, Str0mEngine};
 use intrust_agent::peer::stream::ChannelStream;
 use intrust_agent::peer::tunnel::{serve_session, TunnelConfig, Upstream};
@@ -199,6 +199,8 @@ impl<T> futures_util::Stream for RecvStream<T> {
 struct Browser {
     session: Arc<dyn Session>,
     hello: String,
+    /// Text or binary, as the hello arrived (a browser refuses binary).
+    hello_kind: MessageKind,
 }
 
 async fn connect(app: &App) -> Browser {
@@ -233,7 +235,8 @@ async fn connect(app: &App) -> Browser {
     std::mem::forget(control);
     Browser {
         session: browser.session,
-        hello: String::from_utf8(hello.to_vec()).unwrap(),
+        hello: String::from_utf8(hello.data.to_vec()).unwrap(),
+        hello_kind: hello.kind,
     }
 }
 
@@ -279,6 +282,38 @@ async fn hello_page_and_unknown_app() {
             hello,
             serde_json::json!({"type":"hello","device":"testbox","protocol":1,"apps":["demo"]})
         );
+        assert_eq!(
+            browser.hello_kind,
+            MessageKind::Text,
+            "the control channel's JSON goes as text messages"
+        );
+
+        // An app channel's bytes go as binary messages.
+        let raw = timeout(
+            Duration::from_secs(10),
+            browser
+                .session
+                .open_channel("http/1.1 demo")
+                .unwrap()
+                .open(),
+        )
+        .await
+        .expect("channel opens in time")
+        .unwrap();
+        let request = b"GET /page HTTP/1.1\r\nhost: demo\r\n\r\n";
+        std::future::poll_fn(|cx| raw.poll_send(cx, MessageKind::Binary, request))
+            .await
+            .unwrap();
+        let first = timeout(
+            Duration::from_secs(10),
+            std::future::poll_fn(|cx| raw.poll_recv(cx)),
+        )
+        .await
+        .expect("response in time")
+        .expect("a response message");
+        assert_eq!(first.kind, MessageKind::Binary);
+        assert!(first.data.starts_with(b"HTTP/1.1 200"), "{first:?}");
+        raw.close();
 
         let (mut demo, _t) = browser.http("demo").await;
         for _ in 0..3 {

@@ -4,8 +4,9 @@
 //! running [`Session`]; the session reports [`SessionEvent`]s (channels
 //! opened by the remote, connection up, session closed) on a channel and
 //! hands out each data channel as a [`ChannelIo`]: whole messages in and
-//! out, with back-pressure on the sending side. Invariant: a message passed
-//! to [`ChannelIo::poll_send`] is accepted whole or not at all.
+//! out, each marked text or binary ([`MessageKind`]), with back-pressure on
+//! the sending side. Invariant: a message passed to [`ChannelIo::poll_send`]
+//! is accepted whole or not at all.
 
 use std::io;
 use std::sync::Arc;
@@ -67,18 +68,42 @@ impl std::fmt::Debug for SessionEvent {
     }
 }
 
+/// How a data channel message is marked on the wire (the SCTP payload
+/// protocol). Browsers hand a text message to scripts as a string and a
+/// binary one as an `ArrayBuffer`/`Blob`: the `control` channel's JSON is
+/// text, the byte streams of `http/1.1` channels are binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Binary,
+    /// UTF-8 text (a message that is not valid UTF-8 is refused).
+    Text,
+}
+
+/// One received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub kind: MessageKind,
+    pub data: Bytes,
+}
+
 /// One data channel: reliable, ordered messages.
 pub trait ChannelIo: Send + Sync + 'static {
-    /// Sends one message of at most [`MAX_MESSAGE`] bytes. Pending while the
-    /// channel's (or the session's) send buffer is full; an error once the
-    /// channel or the session is closed.
-    fn poll_send(&self, cx: &mut Context<'_>, msg: &[u8]) -> Poll<io::Result<()>>;
+    /// Sends one message of at most [`MAX_MESSAGE`] bytes, marked `kind`.
+    /// Pending while the channel's (or the session's) send buffer is full;
+    /// an error once the channel or the session is closed, or for a
+    /// [`MessageKind::Text`] message that is not UTF-8.
+    fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        kind: MessageKind,
+        msg: &[u8],
+    ) -> Poll<io::Result<()>>;
     /// Ready once everything sent so far has left the send buffer (or the
     /// channel is closed).
     fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<()>;
     /// The next received message; `None` once the channel is closed (by
     /// either side, or with the session) and everything received is read.
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>>;
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>>;
     /// Closes the channel; queued sends may be dropped. Idempotent.
     fn close(&self);
     /// The channel's label.

@@ -40,8 +40,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::engine::{
-    Accepted, CandidateType, ChannelIo, PeerEngine, PeerError, PendingChannel, Session,
-    SessionEvent, SessionStats, MAX_MESSAGE,
+    Accepted, CandidateType, ChannelIo, Message, MessageKind, PeerEngine, PeerError,
+    PendingChannel, Session, SessionEvent, SessionStats, MAX_MESSAGE,
 };
 use super::udp;
 
@@ -263,7 +263,7 @@ fn kind(k: CandidateKind) -> CandidateType {
 }
 
 struct ChannelState {
-    inbound: VecDeque<Bytes>,
+    inbound: VecDeque<Message>,
     inbound_bytes: usize,
     /// Closed by either side or with the session.
     closed: bool,
@@ -365,7 +365,14 @@ impl Inner {
                 if let Some(ch) = self.channels.get_mut(&data.id) {
                     if !ch.closed {
                         ch.inbound_bytes += data.data.len();
-                        ch.inbound.push_back(Bytes::from(data.data));
+                        ch.inbound.push_back(Message {
+                            kind: if data.binary {
+                                MessageKind::Binary
+                            } else {
+                                MessageKind::Text
+                            },
+                            data: Bytes::from(data.data),
+                        });
                         if let Some(w) = ch.reader.take() {
                             w.wake();
                         }
@@ -633,13 +640,28 @@ fn closed_error() -> io::Error {
 }
 
 impl ChannelIo for Str0mChannel {
-    fn poll_send(&self, cx: &mut Context<'_>, msg: &[u8]) -> Poll<io::Result<()>> {
+    fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        kind: MessageKind,
+        msg: &[u8],
+    ) -> Poll<io::Result<()>> {
         if msg.len() > MAX_MESSAGE {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "data channel message larger than 64 KiB",
             )));
         }
+        let binary = match kind {
+            MessageKind::Binary => true,
+            MessageKind::Text if std::str::from_utf8(msg).is_ok() => false,
+            MessageKind::Text => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a text data channel message that is not UTF-8",
+                )))
+            }
+        };
         let mut inner = self.shared.lock();
         let open = !inner.ended && inner.channels.get(&self.id).is_some_and(|c| !c.closed);
         let Some(mut ch) = inner.rtc.channel(self.id).filter(|_| open) else {
@@ -648,7 +670,7 @@ impl ChannelIo for Str0mChannel {
         let accepted = if ch.buffered_amount() >= CHANNEL_HIGH_WATER {
             false
         } else {
-            match ch.write(true, msg) {
+            match ch.write(binary, msg) {
                 Ok(accepted) => accepted,
                 Err(e) => return Poll::Ready(Err(io::Error::other(e.to_string()))),
             }
@@ -678,7 +700,7 @@ impl ChannelIo for Str0mChannel {
         }
     }
 
-    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
         let mut inner = self.shared.lock();
         let ended = inner.ended;
         let Some(ch) = inner.channels.get_mut(&self.id) else {
@@ -686,7 +708,7 @@ impl ChannelIo for Str0mChannel {
         };
         if let Some(msg) = ch.inbound.pop_front() {
             let was_over = ch.inbound_bytes > INBOUND_LIMIT;
-            ch.inbound_bytes -= msg.len();
+            ch.inbound_bytes -= msg.data.len();
             if was_over && ch.inbound_bytes <= INBOUND_LIMIT {
                 drop(inner);
                 self.shared.wake.notify_one();

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::engine::{ChannelIo, MAX_MESSAGE};
+use super::engine::{ChannelIo, MessageKind, MAX_MESSAGE};
 
 pub struct ChannelStream {
     io: Arc<dyn ChannelIo>,
@@ -50,7 +50,8 @@ impl AsyncRead for ChannelStream {
             match self.io.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Ready(Some(msg)) => self.pending = msg,
+                // A byte stream: text and binary messages carry bytes alike.
+                Poll::Ready(Some(msg)) => self.pending = msg.data,
             }
         }
         let n = self.pending.len().min(buf.remaining());
@@ -76,7 +77,9 @@ impl AsyncWrite for ChannelStream {
             return Poll::Ready(Ok(0));
         }
         let n = buf.len().min(MAX_MESSAGE);
-        self.io.poll_send(cx, &buf[..n]).map_ok(|()| n)
+        self.io
+            .poll_send(cx, MessageKind::Binary, &buf[..n])
+            .map_ok(|()| n)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -106,6 +109,7 @@ impl Drop for ChannelStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::engine::Message;
     use std::collections::VecDeque;
     use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,24 +118,38 @@ mod tests {
     #[derive(Default)]
     struct FakeChannel {
         inbound: Mutex<VecDeque<Bytes>>,
-        sent: Mutex<Vec<Vec<u8>>>,
+        sent: Mutex<Vec<(MessageKind, Vec<u8>)>>,
         closed: Mutex<bool>,
     }
 
     impl ChannelIo for FakeChannel {
-        fn poll_send(&self, _cx: &mut Context<'_>, msg: &[u8]) -> Poll<io::Result<()>> {
+        fn poll_send(
+            &self,
+            _cx: &mut Context<'_>,
+            kind: MessageKind,
+            msg: &[u8],
+        ) -> Poll<io::Result<()>> {
             assert!(msg.len() <= MAX_MESSAGE);
             if *self.closed.lock().unwrap() {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
-            self.sent.lock().unwrap().push(msg.to_vec());
+            self.sent.lock().unwrap().push((kind, msg.to_vec()));
             Poll::Ready(Ok(()))
         }
         fn poll_drained(&self, _cx: &mut Context<'_>) -> Poll<()> {
             Poll::Ready(())
         }
-        fn poll_recv(&self, _cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-            Poll::Ready(self.inbound.lock().unwrap().pop_front())
+        fn poll_recv(&self, _cx: &mut Context<'_>) -> Poll<Option<Message>> {
+            Poll::Ready(
+                self.inbound
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .map(|data| Message {
+                        kind: MessageKind::Binary,
+                        data,
+                    }),
+            )
         }
         fn close(&self) {
             *self.closed.lock().unwrap() = true;
@@ -157,8 +175,10 @@ mod tests {
         assert_eq!(rest, b"lo world");
 
         s.write_all(&vec![7u8; MAX_MESSAGE * 2 + 10]).await.unwrap();
-        let sizes: Vec<usize> = fake.sent.lock().unwrap().iter().map(Vec::len).collect();
+        let sent = fake.sent.lock().unwrap().clone();
+        let sizes: Vec<usize> = sent.iter().map(|(_, m)| m.len()).collect();
         assert_eq!(sizes, [MAX_MESSAGE, MAX_MESSAGE, 10]);
+        assert!(sent.iter().all(|(k, _)| *k == MessageKind::Binary));
 
         s.shutdown().await.unwrap();
         assert!(*fake.closed.lock().unwrap());

@@ -1,8 +1,10 @@
 //! The tunnel protocol over one session's data channels (see
 //! ARCHITECTURE.md, "Tunnel over data channels").
 //!
-//! - `control`: the device sends `{"type":"hello",...}` once, then reads
-//!   (login and pairing messages come with their issue);
+//! - `control`: JSON messages, each one *text* message (browsers hand
+//!   those to scripts as strings; the portal refuses binary ones). The
+//!   device sends `{"type":"hello",...}` once, then reads (login and
+//!   pairing messages come with their issue);
 //! - `http/1.1 APP`: the channel is one HTTP/1.1 connection, served by
 //!   hyper's server and proxied request by request with hyper's client to
 //!   the app's upstream (TCP or Unix socket). Bodies stream both ways;
@@ -32,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::engine::{ChannelIo, SessionEvent};
+use super::engine::{ChannelIo, MessageKind, SessionEvent};
 use super::stream::ChannelStream;
 
 /// Version of the tunnel protocol announced in the hello.
@@ -125,12 +127,18 @@ pub async fn serve_session(
 
 async fn serve_control(config: Arc<TunnelConfig>, channel: Arc<dyn ChannelIo>) {
     let hello = hello(&config);
-    if let Err(e) = std::future::poll_fn(|cx| channel.poll_send(cx, hello.as_bytes())).await {
+    let sent =
+        std::future::poll_fn(|cx| channel.poll_send(cx, MessageKind::Text, hello.as_bytes()));
+    if let Err(e) = sent.await {
         tracing::debug!("control channel closed before the hello: {e}");
         return;
     }
     while let Some(msg) = std::future::poll_fn(|cx| channel.poll_recv(cx)).await {
-        tracing::debug!(len = msg.len(), "control message ignored (no login yet)");
+        tracing::debug!(
+            len = msg.data.len(),
+            kind = ?msg.kind,
+            "control message ignored (no login yet)"
+        );
     }
 }
 

@@ -13,6 +13,7 @@ import {
 } from "./bridge-protocol.ts";
 import type { Appliance } from "./peer.ts";
 import { pipeToPort } from "./port-stream.ts";
+import { defaultTimers, type Timers } from "./signal.ts";
 
 /** Anything that can fetch/websocket through the tunnel (an Appliance; tests pass a fake). */
 export type Tunnel = Pick<Appliance, "device" | "apps" | "fetch" | "websocket">;
@@ -86,14 +87,77 @@ export function serveBridgePort(tunnel: Tunnel, port: MessagePort): void {
   port.start();
 }
 
+/** The part of a ServiceWorkerRegistration `whenActivated` watches (tests pass a fake). */
+export interface RegistrationLike {
+  readonly scope: string;
+  readonly active: ServiceWorkerLike | null;
+  readonly waiting: ServiceWorkerLike | null;
+  readonly installing: ServiceWorkerLike | null;
+  addEventListener(type: "updatefound", listener: () => void): void;
+  removeEventListener(type: "updatefound", listener: () => void): void;
+}
+
+export interface ServiceWorkerLike {
+  readonly state: string;
+  addEventListener(type: "statechange", listener: () => void): void;
+  removeEventListener(type: "statechange", listener: () => void): void;
+}
+
+/**
+ * Resolves with the registration's worker once it is activated. (Not
+ * `navigator.serviceWorker.ready`: that waits for a registration whose scope
+ * covers *this* page, and the portal at "/" is outside "app/", so it never
+ * resolves here.) Rejects if the worker fails to install or takes longer
+ * than `timeoutMs`.
+ */
+export function whenActivated<W extends ServiceWorkerLike>(
+  reg: RegistrationLike & { readonly active: W | null; readonly waiting: W | null; readonly installing: W | null },
+  timeoutMs = 10_000,
+  timers: Timers = defaultTimers,
+): Promise<W> {
+  return new Promise<W>((resolve, reject) => {
+    let watched: W | null = null;
+    let timer: unknown;
+    const finish = (): void => {
+      timers.clearTimeout(timer);
+      watched?.removeEventListener("statechange", check);
+      reg.removeEventListener("updatefound", check);
+    };
+    function check(): void {
+      const active = reg.active;
+      if (active && active.state === "activated") {
+        finish();
+        return resolve(active);
+      }
+      // Follow the newest worker: installing → waiting → active.
+      const next = reg.installing ?? reg.waiting ?? reg.active;
+      if (next && next !== watched) {
+        watched?.removeEventListener("statechange", check);
+        watched = next;
+        next.addEventListener("statechange", check);
+      } else if (!next && watched?.state === "redundant") {
+        finish();
+        reject(new Error(`the service worker for ${reg.scope} failed to install`));
+      }
+    }
+    reg.addEventListener("updatefound", check);
+    timer = timers.setTimeout(() => {
+      finish();
+      const state = watched ? `it is still "${watched.state}"` : "no worker is installing";
+      reject(new Error(`the service worker for ${reg.scope} did not become active within ${timeoutMs / 1000} s (${state})`));
+    }, timeoutMs);
+    check();
+  });
+}
+
 /**
  * Register the service worker and hand it a bridge to `tunnel`; re-attach
  * whenever the SW asks (it loses the port when the browser stops it).
  * Returns the scope apps are served under ("…/app/").
  */
-export async function attachServiceWorker(tunnel: Tunnel, swUrl = "sw.js", scope = "app/"): Promise<string> {
+export async function attachServiceWorker(tunnel: Tunnel, swUrl = "sw.js", scope = "app/", timeoutMs = 10_000): Promise<string> {
   const reg = await navigator.serviceWorker.register(swUrl, { scope });
-  await navigator.serviceWorker.ready;
+  await whenActivated(reg, timeoutMs);
   const attach = (): void => {
     const worker = reg.active ?? reg.waiting ?? reg.installing;
     if (!worker) return;

@@ -53,12 +53,17 @@ export type Route = "direct" | "relayed" | "unknown";
 
 type Stat = Record<string, unknown> & { id: string; type: string };
 
+/** What getStats() resolves to: an RTCStatsReport (map-like, id → stat); a list of stats works too. */
+export type StatsReportLike = { forEach(cb: (stat: Stat) => void): void } | Iterable<Stat | [string, Stat]>;
+
 /** Direct (host/srflx/prflx on both ends) or relayed (TURN on either end), from getStats(). */
-export function classifyRoute(report: Iterable<Stat> | { forEach(cb: (s: Stat) => void): void }): Route {
+export function classifyRoute(report: StatsReportLike): Route {
   const stats = new Map<string, Stat>();
   const add = (s: Stat): void => void stats.set(s.id, s);
-  if (Symbol.iterator in report) for (const s of report as Iterable<Stat>) add(s);
-  else (report as { forEach(cb: (s: Stat) => void): void }).forEach(add);
+  // RTCStatsReport is map-like: iterating it yields [id, stat] entries,
+  // while its forEach (like an array's) passes the stat first.
+  if ("forEach" in report && typeof report.forEach === "function") report.forEach((s) => add(s));
+  else for (const s of report as Iterable<Stat | [string, Stat]>) add(Array.isArray(s) ? s[1] : s);
 
   let pair: Stat | undefined;
   for (const s of stats.values()) {
@@ -110,7 +115,7 @@ export class Appliance {
 
   /** Direct or relayed, from the selected candidate pair. */
   async route(): Promise<Route> {
-    return classifyRoute((await this.pc.getStats()) as unknown as Iterable<Stat>);
+    return classifyRoute(await this.pc.getStats());
   }
 
   /** A fresh byte-stream channel to `app` (one HTTP/1.1 connection). */
