@@ -115,3 +115,16 @@ export class ManualTimers {
 }
 
 export const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/**
+ * Waits, bounded, until `cond()` holds. For steps that cross real async work
+ * (the handshake's `crypto.subtle` digest), where a fixed number of ticks is
+ * enough on an idle machine and not on a loaded one.
+ */
+export async function until(cond: () => boolean, what: string, limitMs = 5000): Promise<void> {
+  const end = Date.now() + limitMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out after ${limitMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ChannelStream } from "../src/channel-stream.ts";
 import { acceptFor, encodeFrame, FrameParser, tunnelWebSocket } from "../src/websocket.ts";
-import { FakeChannel, tick } from "./fakes.ts";
+import { FakeChannel, tick, until } from "./fakes.ts";
 
 const te = new TextEncoder();
 
@@ -72,7 +72,7 @@ describe("tunnel WebSocket", () => {
     ch.deliver(te.encode(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${await acceptFor(key)}\r\nSec-WebSocket-Protocol: v1\r\n\r\n`));
     ch.deliver(new Uint8Array([0x01, 0x02, 0x68, 0x65, 0x80, 0x01, 0x79])); // "he" + "y" fragmented
     ch.deliver(new Uint8Array([0x82, 0x02, 9, 8, 0x89, 0x01, 0x50]));
-    await tick();
+    await until(() => messages.length >= 2 && ch.sent.length > sentBefore, "the two messages and the pong");
     assert.deepEqual(events, ["open"]);
     assert.equal(ws.protocol, "v1");
     assert.equal(messages[0], "hey");
@@ -105,7 +105,7 @@ describe("tunnel WebSocket", () => {
       ch.open();
       await tick();
       ch.deliver(te.encode(resp));
-      await tick();
+      await until(() => got.length >= 2, "the error and close events");
       assert.equal(got.length, 2, got.join());
       assert.match(got[0]!, /Sec-WebSocket-Accept|404/);
       assert.equal(got[1], "close 1006");
@@ -124,7 +124,7 @@ describe("tunnel WebSocket", () => {
     ch.deliver(te.encode(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Accept: ${await acceptFor(key)}\r\n\r\n`));
     await tick();
     ch.remoteClose();
-    await tick();
+    await until(() => codes.length >= 1, "the close event");
     assert.deepEqual(codes, [1006]);
   });
 });
