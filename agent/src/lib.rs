@@ -16,5 +16,6 @@ pub mod logging;
 pub mod peer;
 pub mod recovery;
 pub mod rendezvous;
+pub mod report;
 pub mod state_dir;
 pub mod update;

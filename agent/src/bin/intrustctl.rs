@@ -108,21 +108,6 @@ enum BoardCommand {
     },
 }
 
-/// The error and its causes, skipping causes whose text the message already shows.
-fn report(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !out.contains(&s) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&s);
-        }
-    }
-    out
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -138,7 +123,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("intrustctl: error: {}", report(&e));
+            eprintln!(
+                "intrustctl: error: {}",
+                intrust_agent::report::error_chain(&e)
+            );
             ExitCode::FAILURE
         }
     }

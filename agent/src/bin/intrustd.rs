@@ -25,21 +25,6 @@ struct Args {
     insecure_open: bool,
 }
 
-/// The error and its causes, skipping causes whose text the message already shows.
-fn report(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        if !out.contains(&s) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&s);
-        }
-    }
-    out
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -51,7 +36,10 @@ fn main() -> ExitCode {
             } else {
                 ""
             };
-            eprintln!("{prefix}intrustd: error: {}", report(&e));
+            eprintln!(
+                "{prefix}intrustd: error: {}",
+                intrust_agent::report::error_chain(&e)
+            );
             ExitCode::FAILURE
         }
     }
