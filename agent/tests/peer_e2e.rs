@@ -5,7 +5,6 @@
 //! and the link LED; without `--insecure-open` the browser is refused with
 //! a reason. Every wait is bounded.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,36 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 const T: Duration = Duration::from_secs(15);
 const BIG: usize = 4 * 1024 * 1024;
 
-/// `flock` next to this test's target directory, built if stale.
-fn flock_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test executable path");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("test binary in <target>/<profile>/deps");
-            let target = profile_dir.parent().expect("target directory");
-            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => "dev".to_owned(),
-                Some(p) => p.to_owned(),
-            };
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "flock", "--bin", "flock"])
-                .arg("--profile")
-                .arg(&profile)
-                .arg("--target-dir")
-                .arg(target)
-                .stdin(Stdio::null())
-                .status()
-                .expect("cannot run cargo to build flock");
-            assert!(status.success(), "cargo build -p flock failed");
-            profile_dir.join("flock")
-        })
-        .clone()
-}
+mod common;
 
 /// A child process killed when dropped.
 struct Proc(Child);
@@ -69,39 +39,8 @@ impl Drop for Proc {
     }
 }
 
-fn start_flock(dir: &Path) -> (Proc, SocketAddr) {
-    let config = dir.join("flock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nregistry = \"{}\"\nweb_root = \"{}\"\n",
-            dir.join("registry.json").display(),
-            dir.join("web").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(flock_bin())
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(T).expect("flock did not start in time");
-    let addr = line
-        .trim()
-        .strip_prefix("flock listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    (Proc(child), addr)
+fn start_flock(dir: &Path) -> common::FlockProc {
+    common::start_flock(dir, "127.0.0.1:0".parse().unwrap(), "")
 }
 
 /// The download's bytes: a fixed pseudo-random pattern.
@@ -351,7 +290,8 @@ async fn read_response<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_reaches_the_app_through_flock_and_the_tunnel() {
     let dir = tempfile::tempdir().unwrap();
-    let (_flock, flock) = start_flock(dir.path());
+    let flock_proc = start_flock(dir.path());
+    let flock = flock_proc.addr;
     let app = app().await;
     let mut agent = Agent::start(flock, app, true).await;
     assert!(
@@ -435,7 +375,8 @@ async fn browser_reaches_the_app_through_flock_and_the_tunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_insecure_open_the_browser_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let (_flock, flock) = start_flock(dir.path());
+    let flock_proc = start_flock(dir.path());
+    let flock = flock_proc.addr;
     let app = app().await;
     let mut agent = Agent::start(flock, app, false).await;
     let engine = Str0mEngine::new(Str0mConfig::default());

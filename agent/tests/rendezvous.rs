@@ -3,10 +3,8 @@
 //! `/signal` and a fake flock that sends garbage. Every wait is bounded;
 //! nothing leaves loopback.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flock_proto::browser::{self, BrowserToFlock, FlockToBrowser};
@@ -32,92 +30,16 @@ fn logs() {
         .try_init();
 }
 
-/// `flock` next to this test's target directory, built if stale.
-fn flock_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test executable path");
-            // <target>/<profile>/deps/<test>
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("test binary in <target>/<profile>/deps");
-            let target = profile_dir.parent().expect("target directory");
-            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => "dev".to_owned(),
-                Some(p) => p.to_owned(),
-            };
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "flock",
-                    "--bin",
-                    "flock",
-                    "--profile",
-                ])
-                .arg(&profile)
-                .arg("--target-dir")
-                .arg(target)
-                .stdin(Stdio::null())
-                .status()
-                .expect("cannot run cargo to build flock");
-            assert!(status.success(), "cargo build -p flock failed");
-            profile_dir.join("flock")
-        })
-        .clone()
-}
+mod common;
+use common::start_flock as start_flock_with;
 
-struct FlockProc {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for FlockProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts flock listening on `listen`; returns once it is accepting.
-fn start_flock(dir: &Path, listen: SocketAddr) -> FlockProc {
-    let config = dir.join("flock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{listen}\"\nregistry = \"{}\"\nweb_root = \"{}\"\nstun_urls = [\"stun:127.0.0.1:3478\"]\n\
-             [turn]\nurls = [\"turn:127.0.0.1:3478\"]\nsecret = \"s3cret\"\nttl_secs = 600\n",
-            dir.join("registry.json").display(),
-            dir.join("web").display()
-        ),
+/// Flock with STUN/TURN configured, so `Registered` carries ICE servers.
+fn start_flock(dir: &Path, listen: SocketAddr) -> common::FlockProc {
+    start_flock_with(
+        dir,
+        listen,
+        "stun_urls = [\"stun:127.0.0.1:3478\"]\n[turn]\nurls = [\"turn:127.0.0.1:3478\"]\nsecret = \"s3cret\"\nttl_secs = 600\n",
     )
-    .unwrap();
-    let mut child = Command::new(flock_bin())
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(T).expect("flock did not start in time");
-    let addr = line
-        .trim()
-        .strip_prefix("flock listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    FlockProc { child, addr }
 }
 
 fn any_port() -> SocketAddr {
