@@ -350,3 +350,92 @@ async fn garbage_from_flock_drops_the_connection_and_retries_with_backoff() {
     println!("status: {}", s.describe(intrust_board::Mono::now()));
     server.abort();
 }
+
+/// The TEST ONLY certificates in `tests/fixtures/flock-tls` (see its README).
+fn tls_fixture(file: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/flock-tls")
+        .join(file)
+}
+
+fn tls_client(port: u16, ca: &str) -> (Rendezvous, mpsc::Receiver<SignallingEvent>) {
+    Rendezvous::spawn(
+        RendezvousConfig {
+            flock_url: format!("wss://localhost:{port}/device"),
+            name: name("box-tls"),
+            ca_file: Some(tls_fixture(ca)),
+            timing: Timing::default(),
+        },
+        DeviceKey::generate().unwrap(),
+    )
+    .unwrap()
+}
+
+fn start_tls_flock(dir: &Path) -> common::FlockProc {
+    start_flock_with(
+        dir,
+        any_port(),
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            tls_fixture("cert.pem").display(),
+            tls_fixture("key.pem").display()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn registers_over_wss_with_the_configured_ca() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let f = start_tls_flock(dir.path());
+    let (r, _ev) = tls_client(f.addr.port(), "ca.pem");
+    let s = wait_status(&r, "registered over wss", LinkStatus::is_registered).await;
+    assert_eq!(
+        s,
+        LinkStatus::Registered {
+            name: name("box-tls")
+        }
+    );
+}
+
+#[tokio::test]
+async fn wss_with_an_unrelated_ca_is_refused_with_a_certificate_error() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let f = start_tls_flock(dir.path());
+    let (r, _ev) = tls_client(f.addr.port(), "other-ca.pem");
+    let s = wait_status(&r, "retrying", |s| matches!(s, LinkStatus::Retrying { .. })).await;
+    let LinkStatus::Retrying { error, .. } = s else {
+        unreachable!()
+    };
+    assert!(
+        error.contains("TLS") && error.to_lowercase().contains("certificate"),
+        "the error names TLS and the certificate: {error}"
+    );
+    // Never registered meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!r.status().is_registered(), "{:?}", r.status());
+}
+
+#[tokio::test]
+async fn ws_to_a_tls_flock_fails_clearly_and_wss_without_a_ca_is_a_config_error() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let f = start_tls_flock(dir.path());
+    let (r, _ev) = client(f.addr, "box-plain", DeviceKey::generate().unwrap());
+    let s = wait_status(&r, "retrying", |s| matches!(s, LinkStatus::Retrying { .. })).await;
+    assert!(!s.is_registered());
+
+    let err = Rendezvous::spawn(
+        RendezvousConfig {
+            flock_url: format!("wss://localhost:{}/device", f.addr.port()),
+            name: name("box-noca"),
+            ca_file: None,
+            timing: Timing::default(),
+        },
+        DeviceKey::generate().unwrap(),
+    )
+    .err()
+    .expect("wss without a CA file is refused at start");
+    assert!(err.to_string().contains("wss"), "{err}");
+}
