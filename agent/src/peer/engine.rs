@@ -15,6 +15,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+/// A STUN or TURN server (flock hands these out with short-lived TURN
+/// credentials).
+pub use flock_proto::IceServer;
+
 /// Largest data channel message the agent sends or expects (the tunnel
 /// cuts its byte streams into slices of at most this size).
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -183,10 +187,20 @@ pub struct Accepted {
     pub answer_sdp: String,
     pub session: Arc<dyn Session>,
     pub events: mpsc::UnboundedReceiver<SessionEvent>,
+    /// Candidates gathered after the session started (server-reflexive,
+    /// relayed) as SDP `candidate:` lines, in order, to trickle to the
+    /// remote; the channel ends when gathering is over (end of candidates).
+    /// Host candidates are in the SDP and [`Session::local_candidates`].
+    pub local_candidates: mpsc::UnboundedReceiver<String>,
 }
 
 /// A WebRTC implementation that answers offers.
 pub trait PeerEngine: Send + Sync {
     /// Creates a session from a remote offer and starts driving it.
     fn accept_offer(&self, offer_sdp: &str) -> Result<Accepted, PeerError>;
+    /// The STUN/TURN servers to gather candidates from, for sessions
+    /// created from now on (an engine without gathering ignores them).
+    fn set_ice_servers(&self, servers: Vec<IceServer>) {
+        let _ = servers;
+    }
 }

@@ -181,32 +181,37 @@ impl PeerHost {
         let mut signalling: HashMap<u64, Arc<dyn Session>> = HashMap::new();
         while let Some(event) = events.recv().await {
             match event {
-                SignallingEvent::Offer { session, sdp, .. } => {
-                    let cmds = match self.offer(session, &sdp) {
-                        Ok((handle, answer)) => {
+                SignallingEvent::Offer {
+                    session,
+                    sdp,
+                    ice_servers,
+                } => {
+                    // The servers flock sent with the offer are the newest.
+                    if !ice_servers.is_empty() {
+                        self.engine.set_ice_servers(ice_servers);
+                    }
+                    match self.offer(session, &sdp) {
+                        Ok((handle, answer, gathered)) => {
                             signalling.insert(session, handle);
+                            let sdp_mid = answer_mid(&answer);
+                            let answer = SignallingCommand::Answer {
+                                session,
+                                sdp: answer,
+                            };
+                            if commands.send(answer).await.is_err() {
+                                return;
+                            }
                             // The host candidates are in the answer's SDP;
-                            // srflx/relay ones will be trickled here.
-                            vec![
-                                SignallingCommand::Answer {
-                                    session,
-                                    sdp: answer,
-                                },
-                                SignallingCommand::Candidate {
-                                    session,
-                                    candidate: None,
-                                    sdp_mid: None,
-                                },
-                            ]
+                            // srflx/relay ones are trickled as gathered,
+                            // then the end of candidates.
+                            tokio::spawn(trickle(session, sdp_mid, gathered, commands.clone()));
                         }
                         Err(reason) => {
                             tracing::info!(session, "browser session refused: {reason}");
-                            vec![SignallingCommand::Close { session, reason }]
-                        }
-                    };
-                    for cmd in cmds {
-                        if commands.send(cmd).await.is_err() {
-                            return;
+                            let close = SignallingCommand::Close { session, reason };
+                            if commands.send(close).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
@@ -228,14 +233,19 @@ impl PeerHost {
                 }
                 SignallingEvent::Disconnected => signalling.clear(),
                 SignallingEvent::IceServers(servers) => {
-                    // Hook: srflx/relay gathering uses these.
                     tracing::debug!(count = servers.len(), "ICE servers updated");
+                    self.engine.set_ice_servers(servers);
                 }
             }
         }
     }
 
-    fn offer(&self, session: u64, sdp: &str) -> Result<(Arc<dyn Session>, String), String> {
+    #[allow(clippy::type_complexity)]
+    fn offer(
+        &self,
+        session: u64,
+        sdp: &str,
+    ) -> Result<(Arc<dyn Session>, String, mpsc::UnboundedReceiver<String>), String> {
         self.auth.admit(session)?;
         let accepted = self
             .engine
@@ -254,6 +264,47 @@ impl PeerHost {
             live.remove(id);
             tracing::info!(id, session, "peer session over");
         });
-        Ok((accepted.session, accepted.answer_sdp))
+        Ok((
+            accepted.session,
+            accepted.answer_sdp,
+            accepted.local_candidates,
+        ))
     }
+}
+
+/// The media id the answer's candidates belong to (the one data channel
+/// m-line; browsers need it to add a trickled candidate).
+fn answer_mid(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=mid:"))
+        .unwrap_or("0")
+        .to_string()
+}
+
+/// Forwards a session's gathered candidates to flock, then the end of
+/// candidates (`candidate: None`).
+async fn trickle(
+    session: u64,
+    sdp_mid: String,
+    mut gathered: mpsc::UnboundedReceiver<String>,
+    commands: mpsc::Sender<SignallingCommand>,
+) {
+    while let Some(line) = gathered.recv().await {
+        let cmd = SignallingCommand::Candidate {
+            session,
+            candidate: Some(line),
+            sdp_mid: Some(sdp_mid.clone()),
+        };
+        if commands.send(cmd).await.is_err() {
+            return;
+        }
+    }
+    let _ = commands
+        .send(SignallingCommand::Candidate {
+            session,
+            candidate: None,
+            sdp_mid: None,
+        })
+        .await;
 }

@@ -6,6 +6,8 @@
 //!   candidates, channel events, message I/O with back-pressure);
 //! - [`str0m_engine`]: the implementation on `str0m` (sans-IO `Rtc` driven
 //!   by one tokio task and one UDP socket per session);
+//! - [`ice`]: srflx (STUN) and relay (TURN over UDP) candidate gathering,
+//!   sans-IO, driven by the str0m driver on the session's socket;
 //! - [`stream`]: a data channel as a tokio byte stream;
 //! - [`tunnel`]: the tunnel protocol (the `control` channel and one
 //!   HTTP/1.1 connection per `http/1.1 APP` channel, proxied with hyper);
@@ -20,6 +22,7 @@
 pub mod config;
 pub mod engine;
 pub mod host;
+pub mod ice;
 pub mod service;
 pub mod str0m_engine;
 pub mod stream;

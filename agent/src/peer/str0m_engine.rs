@@ -22,12 +22,22 @@
 //! - a session whose peer has sent nothing for `silence_timeout` ends
 //!   (browsers send ICE consent checks every few seconds, RFC 7675; a tab
 //!   that is killed sends no DTLS close_notify);
-//! - when the session ends, every channel reads EOF and fails writes.
+//! - when the session ends, every channel reads EOF and fails writes;
+//! - every datagram read passes the [`Gatherer`] first (STUN/TURN
+//!   responses, relayed data), and every str0m transmit whose source is a
+//!   relayed address goes through it (to the TURN server); gathered
+//!   candidates are added to the `Rtc` and trickled in the order found, and
+//!   the trickle sender is dropped once gathering is over.
+//!
+//! Candidates: the host candidate (the socket's address) is in the SDP;
+//! server-reflexive (STUN) and relayed (TURN over UDP) ones are gathered on
+//! the same socket once the session runs, from the ICE servers set last
+//! ([`PeerEngine::set_ice_servers`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -40,9 +50,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::engine::{
-    Accepted, CandidateType, ChannelIo, Message, MessageKind, PeerEngine, PeerError,
+    Accepted, CandidateType, ChannelIo, IceServer, Message, MessageKind, PeerEngine, PeerError,
     PendingChannel, Session, SessionEvent, SessionStats, MAX_MESSAGE,
 };
+use super::ice::gather::{self, Gathered, Gatherer};
+use super::ice::{IceUrl, UrlError};
 use super::udp;
 
 /// Largest SCTP send buffer (per session) the engine allows.
@@ -55,13 +67,14 @@ pub const INBOUND_LIMIT: usize = 1024 * 1024;
 const RECV_BATCH: usize = 64;
 /// How often str0m reports the selected pair and its RTT.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long resolving the ICE servers' names may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How the str0m engine binds and sizes its sessions.
 #[derive(Debug, Clone)]
 pub struct Str0mConfig {
     /// Local address the sessions' UDP sockets bind to; it is the host
-    /// candidate. (Gathering all interfaces, srflx and relay candidates
-    /// comes with the ICE server configuration.)
+    /// candidate, and the base of the srflx and relay candidates.
     pub bind: IpAddr,
     /// SCTP send buffer per session, clamped to
     /// `MAX_MESSAGE..=MAX_SCTP_SEND_BUFFER`.
@@ -69,6 +82,12 @@ pub struct Str0mConfig {
     /// A session whose peer sends nothing for this long is over (30 s is
     /// when ICE consent expires, RFC 7675).
     pub silence_timeout: Duration,
+    /// STUN and TURN servers for sessions created from now on (replaced by
+    /// [`PeerEngine::set_ice_servers`]).
+    pub ice_servers: Vec<IceServer>,
+    /// Offer relay candidates only (like `iceTransportPolicy: "relay"`):
+    /// no host candidate, no server-reflexive ones.
+    pub relay_only: bool,
 }
 
 impl Default for Str0mConfig {
@@ -77,20 +96,44 @@ impl Default for Str0mConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             sctp_send_buffer: MAX_SCTP_SEND_BUFFER,
             silence_timeout: Duration::from_secs(30),
+            ice_servers: Vec::new(),
+            relay_only: false,
         }
     }
 }
 
 /// The str0m engine. Methods must be called inside a tokio runtime (each
-/// session spawns its driver task).
+/// session spawns its driver task). Clones share the ICE servers.
 #[derive(Debug, Clone, Default)]
 pub struct Str0mEngine {
     config: Str0mConfig,
+    ice_servers: Arc<RwLock<Vec<IceServer>>>,
+}
+
+/// What a session gathers with.
+struct GatherSetup {
+    servers: Vec<IceServer>,
+    relay_only: bool,
 }
 
 impl Str0mEngine {
     pub fn new(config: Str0mConfig) -> Self {
-        Str0mEngine { config }
+        let ice_servers = Arc::new(RwLock::new(config.ice_servers.clone()));
+        Str0mEngine {
+            config,
+            ice_servers,
+        }
+    }
+
+    fn gather_setup(&self) -> GatherSetup {
+        GatherSetup {
+            servers: self
+                .ice_servers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            relay_only: self.config.relay_only,
+        }
     }
 
     fn new_rtc(&self) -> Result<(Rtc, UdpSocket, Vec<String>), PeerError> {
@@ -110,6 +153,9 @@ impl Str0mEngine {
             .map_err(|source| PeerError::Socket { addr, source })?;
         let candidate =
             Candidate::host(local, "udp").map_err(|e| PeerError::Engine(e.to_string()))?;
+        if self.config.relay_only {
+            return Ok((rtc, socket, Vec::new()));
+        }
         let line = candidate.to_sdp_string();
         rtc.add_local_candidate(candidate);
         Ok((rtc, socket, vec![line]))
@@ -134,6 +180,7 @@ impl Str0mEngine {
             pending,
             first,
             first_label: first_label.to_string(),
+            gather: self.gather_setup(),
         })
     }
 }
@@ -155,19 +202,28 @@ impl PeerEngine for Str0mEngine {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| PeerError::BadOffer(e.to_string()))?;
-        let (session, events) = start(
+        let (session, events, local_candidates) = start(
             rtc,
             socket,
             candidates,
             remote_kinds,
             None,
             self.config.silence_timeout,
+            self.gather_setup(),
         );
         Ok(Accepted {
             answer_sdp: answer.to_sdp_string(),
             session,
             events,
+            local_candidates,
         })
+    }
+
+    fn set_ice_servers(&self, servers: Vec<IceServer>) {
+        *self
+            .ice_servers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = servers;
     }
 }
 
@@ -181,6 +237,7 @@ pub struct PendingOffer {
     pending: SdpPendingOffer,
     first: ChannelId,
     first_label: String,
+    gather: GatherSetup,
 }
 
 impl PendingOffer {
@@ -198,19 +255,21 @@ impl PendingOffer {
             .accept_answer(self.pending, answer)
             .map_err(|e| PeerError::BadAnswer(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
-        let (session, events) = start(
+        let (session, events, local_candidates) = start(
             rtc,
             self.socket,
             self.candidates,
             HashMap::new(),
             Some((self.first, self.first_label, tx)),
             self.silence_timeout,
+            self.gather,
         );
         Ok((
             Accepted {
                 answer_sdp: String::new(),
                 session,
                 events,
+                local_candidates,
             },
             PendingChannel(rx),
         ))
@@ -289,7 +348,7 @@ impl Inner {
         &mut self,
         shared: &Arc<Shared>,
         events: &mpsc::UnboundedSender<SessionEvent>,
-        transmits: &mut Vec<(SocketAddr, Vec<u8>)>,
+        transmits: &mut Vec<Transmit>,
     ) -> Result<Instant, String> {
         if self.close_requested && !self.close_started {
             self.close_started = true;
@@ -306,7 +365,11 @@ impl Inner {
                 Ok(Output::Timeout(t)) => return Ok(t),
                 Ok(Output::Transmit(t)) => {
                     self.bytes_out += t.contents.len() as u64;
-                    transmits.push((t.destination, t.contents.to_vec()))
+                    transmits.push(Transmit {
+                        source: t.source,
+                        destination: t.destination,
+                        data: t.contents.to_vec(),
+                    })
                 }
                 Ok(Output::Event(ev)) => self.on_event(ev, shared, events)?,
             }
@@ -409,6 +472,28 @@ impl Inner {
         }
     }
 
+    /// Adds a gathered candidate to the `Rtc`; its SDP line if str0m took
+    /// it (it drops one redundant with a better candidate).
+    fn add_gathered(&mut self, g: Gathered, socket: SocketAddr) -> Option<String> {
+        let candidate = match g {
+            Gathered::ServerReflexive { addr, base } => {
+                Candidate::server_reflexive(addr, base, "udp")
+            }
+            Gathered::Relayed { addr } => Candidate::relayed(addr, socket, "udp"),
+        };
+        let candidate = match candidate {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("gathered candidate {g:?} not usable: {e}");
+                return None;
+            }
+        };
+        let (addr, k) = (candidate.addr(), kind(candidate.kind()));
+        let line = self.rtc.add_local_candidate(candidate)?.to_sdp_string();
+        self.local_kinds.insert(addr, k);
+        Some(line)
+    }
+
     /// The session is over: every channel reads EOF, writes fail.
     fn end(&mut self) {
         self.ended = true;
@@ -423,6 +508,13 @@ impl Inner {
     }
 }
 
+/// One datagram str0m wants sent.
+struct Transmit {
+    source: SocketAddr,
+    destination: SocketAddr,
+    data: Vec<u8>,
+}
+
 fn start(
     rtc: Rtc,
     socket: UdpSocket,
@@ -430,7 +522,12 @@ fn start(
     remote_kinds: HashMap<SocketAddr, CandidateType>,
     first: Option<(ChannelId, String, Opened)>,
     silence_timeout: Duration,
-) -> (Arc<dyn Session>, mpsc::UnboundedReceiver<SessionEvent>) {
+    gather: GatherSetup,
+) -> (
+    Arc<dyn Session>,
+    mpsc::UnboundedReceiver<SessionEvent>,
+    mpsc::UnboundedReceiver<String>,
+) {
     let local_kinds = local_candidates
         .iter()
         .filter_map(|l| Candidate::from_sdp_string(l).ok())
@@ -461,17 +558,104 @@ fn start(
         local_candidates,
     });
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(drive(shared.clone(), socket, tx, silence_timeout));
-    (Arc::new(Str0mSession { shared }), rx)
+    let (trickle_tx, trickle_rx) = mpsc::unbounded_channel();
+    tokio::spawn(drive(
+        shared.clone(),
+        socket,
+        tx,
+        silence_timeout,
+        gather,
+        trickle_tx,
+    ));
+    (Arc::new(Str0mSession { shared }), rx, trickle_rx)
+}
+
+/// Resolves the servers' URLs to addresses of `family`'s IP version;
+/// unusable ones are logged and left out.
+async fn resolve(servers: Vec<IceServer>, family: SocketAddr) -> Vec<gather::Server> {
+    let mut out = Vec::new();
+    for server in servers {
+        for url in &server.urls {
+            let parsed = match IceUrl::parse(url) {
+                Ok(u) => u,
+                Err(e @ UrlError::Unsupported(_)) => {
+                    tracing::debug!("ICE server skipped: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("ICE server skipped: {e}");
+                    continue;
+                }
+            };
+            let (host, port) = match &parsed {
+                IceUrl::Stun { host, port } | IceUrl::Turn { host, port } => (host.clone(), *port),
+            };
+            let lookup =
+                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+            let addr = match lookup {
+                Ok(Ok(mut addrs)) => addrs.find(|a| a.is_ipv4() == family.is_ipv4()),
+                Ok(Err(e)) => {
+                    tracing::warn!("ICE server {parsed} not resolved: {e}");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("ICE server {parsed} not resolved within {RESOLVE_TIMEOUT:?}");
+                    continue;
+                }
+            };
+            let Some(addr) = addr else {
+                tracing::warn!("ICE server {parsed} has no address of the session's IP version");
+                continue;
+            };
+            out.push(match parsed {
+                IceUrl::Stun { .. } => gather::Server::Stun(addr),
+                IceUrl::Turn { .. } => match (&server.username, &server.credential) {
+                    (Some(username), Some(password)) => gather::Server::Turn {
+                        addr,
+                        username: username.clone(),
+                        password: password.clone(),
+                    },
+                    _ => {
+                        tracing::warn!("TURN server {parsed} skipped: no username and credential");
+                        continue;
+                    }
+                },
+            });
+        }
+    }
+    out
+}
+
+/// Hands one datagram read from the socket to the gatherer, then (if it is
+/// not gathering's) to str0m; true if str0m got it (the peer was heard).
+fn dispatch(
+    gatherer: &mut Gatherer,
+    inner: &mut Inner,
+    source: SocketAddr,
+    local: SocketAddr,
+    datagram: &[u8],
+) -> bool {
+    match gatherer.handle_datagram(Instant::now(), source, datagram) {
+        gather::Incoming::NotMine => inner.receive(source, local, datagram),
+        gather::Incoming::Consumed => return false,
+        gather::Incoming::Relayed {
+            peer,
+            relayed,
+            data,
+        } => inner.receive(peer, relayed, &data),
+    }
+    true
 }
 
 /// The driver: polls output, sends it, then waits for a datagram, the next
-/// timeout or a wake-up.
+/// timeout, a wake-up or the resolved ICE servers.
 async fn drive(
     shared: Arc<Shared>,
     socket: UdpSocket,
     events: mpsc::UnboundedSender<SessionEvent>,
     silence_timeout: Duration,
+    gather: GatherSetup,
+    trickle: mpsc::UnboundedSender<String>,
 ) {
     let mut buf = vec![0u8; 2048];
     let mut transmits = Vec::new();
@@ -485,20 +669,58 @@ async fn drive(
             return;
         }
     };
+    let mut seed = [0u8; 12];
+    if aws_lc_rs::rand::fill(&mut seed).is_err() {
+        tracing::warn!("no randomness for STUN transaction ids; using the clock");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        seed.copy_from_slice(&nanos.to_be_bytes()[4..]);
+    }
+    let mut gatherer = Gatherer::new(local, gather.relay_only, seed);
+    let mut trickle = Some(trickle);
+    let resolving = resolve(gather.servers, local);
+    tokio::pin!(resolving);
+    let mut resolved = false;
     let mut last_heard = Instant::now();
     let reason = loop {
-        let (step, paused) = {
+        let gathered: Vec<Gathered> = std::iter::from_fn(|| gatherer.poll_candidate()).collect();
+        let (step, paused, lines) = {
             let mut inner = shared.lock();
+            let lines: Vec<String> = gathered
+                .into_iter()
+                .filter_map(|g| inner.add_gathered(g, local))
+                .collect();
             let step = inner.poll(&shared, &events, &mut transmits);
-            (step, inner.reading_paused())
+            (step, inner.reading_paused(), lines)
         };
-        for (dest, data) in transmits.drain(..) {
+        if let Some(tx) = &trickle {
+            for line in lines {
+                tracing::debug!(%local, "gathered candidate {line}");
+                let _ = tx.send(line);
+            }
+            if gatherer.is_done() {
+                tracing::debug!(%local, "candidate gathering finished");
+                trickle = None;
+            }
+        }
+        let now = Instant::now();
+        for t in transmits.drain(..) {
+            if gatherer.relay_send(now, t.source, t.destination, &t.data) {
+                continue;
+            }
+            if let Err(e) = socket.send_to(&t.data, t.destination).await {
+                tracing::debug!(dest = %t.destination, "send failed: {e}");
+            }
+        }
+        while let Some((dest, data)) = gatherer.poll_transmit() {
             if let Err(e) = socket.send_to(&data, dest).await {
-                tracing::debug!(%dest, "send failed: {e}");
+                tracing::debug!(%dest, "send to an ICE server failed: {e}");
             }
         }
         let deadline = match step {
-            Ok(d) => d,
+            Ok(d) => gatherer.poll_timeout().map_or(d, |g| d.min(g)),
             Err(reason) => break reason,
         };
         let silence_deadline = last_heard + silence_timeout;
@@ -511,9 +733,10 @@ async fn drive(
         tokio::select! {
             r = socket.recv_from(&mut buf), if !paused => match r {
                 Ok((n, source)) => {
-                    last_heard = Instant::now();
                     let mut inner = shared.lock();
-                    inner.receive(source, local, &buf[..n]);
+                    if dispatch(&mut gatherer, &mut inner, source, local, &buf[..n]) {
+                        last_heard = Instant::now();
+                    }
                     // Output is polled after every datagram: str0m's DTLS
                     // layer holds only a few undelivered records and drops
                     // the rest ("receive queue full").
@@ -524,7 +747,9 @@ async fn drive(
                         }
                         match socket.try_recv_from(&mut buf) {
                             Ok((n, source)) => {
-                                inner.receive(source, local, &buf[..n]);
+                                if dispatch(&mut gatherer, &mut inner, source, local, &buf[..n]) {
+                                    last_heard = Instant::now();
+                                }
                                 alive = inner.poll(&shared, &events, &mut transmits).is_ok();
                             }
                             Err(_) => break,
@@ -536,8 +761,10 @@ async fn drive(
                 Err(e) => tracing::debug!("receive failed: {e}"),
             },
             _ = tokio::time::sleep_until(deadline.min(silence_deadline).into()) => {
+                let now = Instant::now();
+                gatherer.handle_timeout(now);
                 let mut inner = shared.lock();
-                if let Err(e) = inner.rtc.handle_input(Input::Timeout(Instant::now())) {
+                if let Err(e) = inner.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!("timeout handling failed: {e}");
                 }
             }
@@ -549,10 +776,19 @@ async fn drive(
                     tracing::debug!("timeout handling failed: {e}");
                 }
             }
+            servers = &mut resolving, if !resolved => {
+                resolved = true;
+                gatherer.start(Instant::now(), servers);
+            }
         }
     };
     tracing::debug!(%local, "session ended: {reason}");
     shared.lock().end();
+    // Release TURN allocations (one datagram each, unanswered or not).
+    gatherer.close(Instant::now());
+    while let Some((dest, data)) = gatherer.poll_transmit() {
+        let _ = socket.send_to(&data, dest).await;
+    }
     let _ = events.send(SessionEvent::Closed { reason });
 }
 
@@ -605,8 +841,8 @@ impl Session for Str0mSession {
         let inner = self.shared.lock();
         let pair = inner.selected.map(|(local, remote)| {
             (
-                // Our own candidates are all signalled; a relayed local
-                // address would be listed too once TURN gathering exists.
+                // Our own candidates are all signalled (host, srflx and
+                // relay addresses are in `local_kinds`).
                 inner
                     .local_kinds
                     .get(&local)
