@@ -15,6 +15,7 @@ import {
   type ParseEvent,
   type ResponseHead,
 } from "./http1.ts";
+import type { CookieJar } from "./cookies.ts";
 
 /** Opens a fresh channel to `app` (an Appliance does this; tests pass a fake). */
 export type OpenChannel = (app: string) => ChannelStream | Promise<ChannelStream>;
@@ -39,6 +40,8 @@ export interface TunnelRequest {
   body: Body;
   signal: AbortSignal | null;
   redirect: RequestRedirect;
+  /** "omit" keeps the app's cookie jar out of this request. */
+  credentials: RequestCredentials;
 }
 
 function abortError(signal: AbortSignal): unknown {
@@ -60,6 +63,7 @@ export async function toTunnelRequest(app: string, input: RequestInfo | URL, ini
   const target = targetOf(req ? req.url : input instanceof URL ? input : String(input), app);
   const signal = init.signal ?? req?.signal ?? null;
   const redirect = init.redirect ?? req?.redirect ?? "follow";
+  const credentials = init.credentials ?? req?.credentials ?? "same-origin";
 
   let body: Body = { kind: "none" };
   const raw: unknown = init.body !== undefined ? init.body : req?.body ?? null;
@@ -85,7 +89,7 @@ export async function toTunnelRequest(app: string, input: RequestInfo | URL, ini
       if (ct && !headers.has("content-type")) headers.set("content-type", ct);
     }
   }
-  return { method, target, headers, body, signal, redirect };
+  return { method, target, headers, body, signal, redirect, credentials };
 }
 
 function framingOf(method: string, body: Body): BodyFraming {
@@ -143,9 +147,10 @@ async function writeBody(ch: ChannelStream, body: Body): Promise<void> {
 
 /**
  * Send one request on a fresh channel and return the Response as soon as its
- * head has arrived; the body streams from the channel.
+ * head has arrived; the body streams from the channel. `onHead` sees the
+ * head as received, with headers a script-made Response drops (Set-Cookie).
  */
-export async function exchange(open: OpenChannel, app: string, req: TunnelRequest): Promise<Response> {
+export async function exchange(open: OpenChannel, app: string, req: TunnelRequest, onHead?: (head: ResponseHead) => void): Promise<Response> {
   const { signal } = req;
   if (signal?.aborted) throw abortError(signal);
   const ch = await open(app);
@@ -201,6 +206,7 @@ export async function exchange(open: OpenChannel, app: string, req: TunnelReques
       // informational (100 Continue, 103) responses are not exposed by fetch
     }
     if (headEv.body.kind === "upgrade") throw new HttpError(`app "${app}" switched protocols in answer to a plain request`);
+    onHead?.(headEv.head);
 
     const nullBody = headEv.body.kind === "none" || headEv.head.status === 204 || headEv.head.status === 304;
     let stream: ReadableStream<Uint8Array> | null = null;
@@ -259,11 +265,32 @@ function responseHeaders(head: ResponseHead): Headers {
   return h;
 }
 
-/** fetch(), with the app's redirects followed inside the tunnel when `redirect` is "follow". */
-export async function tunnelFetch(open: OpenChannel, app: string, input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+/** The request with the jar's cookies for its target, unless it sets Cookie itself or omits credentials. */
+function withCookies(req: TunnelRequest, jar: CookieJar | undefined): TunnelRequest {
+  if (!jar || req.credentials === "omit" || req.headers.has("cookie")) return req;
+  const cookie = jar.header(req.target);
+  if (cookie === null) return req;
+  const headers = new Headers(req.headers);
+  headers.set("cookie", cookie);
+  return { ...req, headers };
+}
+
+/** Keeps the Set-Cookie headers of a response to `target` in `jar`. */
+export function storeCookies(jar: CookieJar, head: ResponseHead, target: string): void {
+  for (const [n, v] of head.headers) if (n.toLowerCase() === "set-cookie") jar.store(v, target);
+}
+
+/**
+ * fetch(), with the app's redirects followed inside the tunnel when
+ * `redirect` is "follow"; with a `jar`, the app's cookies are kept and sent
+ * like a browser would for the app's own origin (see cookies.ts).
+ */
+export async function tunnelFetch(open: OpenChannel, app: string, input: RequestInfo | URL, init?: RequestInit, jar?: CookieJar): Promise<Response> {
   let req = await toTunnelRequest(app, input, init);
   for (let hops = 0; ; hops++) {
-    const resp = await exchange(open, app, req);
+    const target = req.target;
+    const keep = jar && req.credentials !== "omit" ? (h: ResponseHead) => storeCookies(jar, h, target) : undefined;
+    const resp = await exchange(open, app, withCookies(req, jar), keep);
     const location = resp.headers.get("location");
     if (req.redirect === "manual" || !REDIRECTS.has(resp.status) || location === null) {
       setUrl(resp, req.target, app, hops > 0);

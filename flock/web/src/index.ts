@@ -4,4 +4,5 @@ export { SignalError, normalizeDeviceName, signalUrl, type SignalErrorCode, type
 export { HttpError } from "./http1.ts";
 export { ChannelStream, ChannelClosedError } from "./channel-stream.ts";
 export { TunnelWebSocket } from "./websocket.ts";
+export { CookieJar } from "./cookies.ts";
 export { attachServiceWorker } from "./bridge-page.ts";

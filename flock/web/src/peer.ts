@@ -5,6 +5,7 @@
 // peer connection is up; it never sees app data.
 
 import { ChannelStream, type DataChannelLike } from "./channel-stream.ts";
+import { CookieJar } from "./cookies.ts";
 import { tunnelFetch } from "./fetch.ts";
 import { openSignal, SignalError, type SignalOptions, type Timers, defaultTimers } from "./signal.ts";
 import { tunnelWebSocket, type TunnelWebSocket } from "./websocket.ts";
@@ -94,6 +95,7 @@ export class Appliance {
   /** called once when the peer connection fails or is closed */
   onclose: ((reason: string) => void) | null = null;
   private closed = false;
+  private readonly jars = new Map<string, CookieJar>();
 
   constructor(
     readonly device: string,
@@ -126,14 +128,28 @@ export class Appliance {
     return new ChannelStream(ch as unknown as DataChannelLike);
   }
 
-  /** fetch() an app's URL through the tunnel; URLs are resolved against the app's root. */
-  fetch(app: string, input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
-    return tunnelFetch((a) => this.openChannel(a), app, input, init);
+  /** The app's cookie jar (cookies live as long as this connection's page). */
+  cookies(app: string): CookieJar {
+    let jar = this.jars.get(app);
+    if (!jar) {
+      jar = new CookieJar();
+      this.jars.set(app, jar);
+    }
+    return jar;
   }
 
-  /** A WebSocket to `path` on `app`, through the tunnel. */
+  /**
+   * fetch() an app's URL through the tunnel; URLs are resolved against the
+   * app's root. The app's cookies are kept and sent (see cookies.ts) unless
+   * `credentials` is "omit".
+   */
+  fetch(app: string, input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
+    return tunnelFetch((a) => this.openChannel(a), app, input, init, this.cookies(app));
+  }
+
+  /** A WebSocket to `path` on `app`, through the tunnel (with the app's cookies). */
   websocket(app: string, path: string, protocols?: string | string[]): TunnelWebSocket {
-    return tunnelWebSocket(() => this.openChannel(app), app, path, protocols);
+    return tunnelWebSocket(() => this.openChannel(app), app, path, protocols, this.cookies(app));
   }
 
   close(): void {

@@ -12,6 +12,7 @@ import {
   type FetchMsg,
   type NeedBridgeMsg,
 } from "./bridge-protocol.ts";
+import { injectScript, isHtmlPage, MAX_INJECT_BYTES } from "./inject.ts";
 import { streamFromPort } from "./port-stream.ts";
 
 declare const self: ServiceWorkerGlobalScope;
@@ -137,7 +138,19 @@ async function forward(request: Request, app: string, target: string): Promise<R
     port1.start();
   });
   port.postMessage(msg, body ? [port2, body] : [port2]);
-  return head;
+  const resp = await head;
+  return request.method === "GET" && isHtmlPage(resp.status, resp.headers.get("content-type")) ? withShim(resp) : resp;
+}
+
+/** An app page with the WebSocket shim added (see inject.ts). */
+async function withShim(resp: Response): Promise<Response> {
+  const declared = Number(resp.headers.get("content-length") ?? "0");
+  if (declared > MAX_INJECT_BYTES) return resp;
+  const html = await resp.text();
+  const headers = new Headers(resp.headers);
+  headers.delete("content-length");
+  const shim = new URL("ws-shim.js", self.location.href).href;
+  return new Response(injectScript(html, shim), { status: resp.status, statusText: resp.statusText, headers });
 }
 
 self.addEventListener("fetch", (ev) => {

@@ -3,6 +3,7 @@
 // fragments, ping/pong, close handshake). The object behaves like the DOM
 // WebSocket, so app code (and the SW-mode shim) can use it unchanged.
 
+import type { CookieJar } from "./cookies.ts";
 import type { ChannelStream } from "./channel-stream.ts";
 import { encodeRequestHead, headerValue, HttpError, ResponseParser } from "./http1.ts";
 import { targetOf } from "./fetch.ts";
@@ -152,6 +153,8 @@ export class TunnelWebSocket extends EventTarget {
     private readonly app: string,
     private readonly target: string,
     private readonly protocols: string[],
+    /** The app's cookies for the handshake (from the tunnel's jar), if any. */
+    private readonly cookie: string | null = null,
   ) {
     super();
     for (const t of ["open", "message", "error", "close"] as const) {
@@ -236,6 +239,7 @@ export class TunnelWebSocket extends EventTarget {
         ["sec-websocket-version", "13"],
       ];
       if (this.protocols.length > 0) headers.push(["sec-websocket-protocol", this.protocols.join(", ")]);
+      if (this.cookie !== null) headers.push(["cookie", this.cookie]);
       await ch.write(encodeRequestHead({ method: "GET", target: this.target, headers }, { kind: "none" }));
 
       const reader = ch.readable.getReader();
@@ -355,9 +359,10 @@ export function tunnelWebSocket(
   app: string,
   path: string,
   protocols?: string | string[],
+  jar?: CookieJar,
 ): TunnelWebSocket {
   const list = protocols === undefined ? [] : typeof protocols === "string" ? [protocols] : [...protocols];
   for (const p of list) if (!/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(p)) throw new DOMException(`invalid subprotocol "${p}"`, "SyntaxError");
   const target = targetOf(path, app);
-  return new TunnelWebSocket(`ws://${app}${target}`, open, app, target, list);
+  return new TunnelWebSocket(`ws://${app}${target}`, open, app, target, list, jar?.header(target) ?? null);
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ChannelStream } from "../src/channel-stream.ts";
+import { CookieJar } from "../src/cookies.ts";
 import { tunnelFetch } from "../src/fetch.ts";
 import { FakeChannel, tick } from "./fakes.ts";
 
@@ -189,5 +190,29 @@ describe("tunnelFetch", () => {
     await tunnelFetch(srv.open, "a", new Request("http://localhost/app/a/ignored?q", { method: "DELETE", headers: { "x-k": "v" } }));
     assert.match(srv.requests[0]!, /^DELETE \/app\/a\/ignored\?q HTTP\/1.1\r\n/);
     assert.match(srv.requests[0]!, /x-k: v/);
+  });
+
+  it("keeps the app's cookies across requests and a redirect, unless credentials are omitted", async () => {
+    const srv = server((req, ch) => {
+      if (req.startsWith("POST /guestbook ")) {
+        ch.deliver(te.encode("HTTP/1.1 303 See Other\r\nLocation: /\r\nSet-Cookie: who=ada; Path=/; HttpOnly\r\nSet-Cookie: bad\r\nContent-Length: 0\r\n\r\n"));
+      } else {
+        ch.deliver(te.encode("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+      }
+    });
+    const jar = new CookieJar();
+    const resp = await tunnelFetch(srv.open, "a", "/guestbook", { method: "POST", body: "name=ada" }, jar);
+    assert.equal(resp.status, 200);
+    assert.equal(resp.redirected, true);
+    assert.doesNotMatch(srv.requests[0]!, /cookie:/i, "no cookie before the app set one");
+    assert.match(srv.requests[1]!, /^GET \/ HTTP\/1.1\r\n/);
+    assert.match(srv.requests[1]!, /\r\ncookie: who=ada\r\n/, "the redirect's GET carries the cookie just set");
+    await tunnelFetch(srv.open, "a", "/x", {}, jar);
+    assert.match(srv.requests[2]!, /\r\ncookie: who=ada\r\n/);
+    await tunnelFetch(srv.open, "a", "/x", { credentials: "omit" }, jar);
+    assert.doesNotMatch(srv.requests[3]!, /cookie:/i, "credentials: omit");
+    await tunnelFetch(srv.open, "a", "/x", { headers: { Cookie: "mine=1" } }, jar);
+    assert.match(srv.requests[4]!, /\r\ncookie: mine=1\r\n/, "an explicit Cookie header wins");
+    assert.equal(jar.size, 1, "the malformed Set-Cookie was ignored");
   });
 });
