@@ -1,6 +1,10 @@
 //! Test support shared by the agent's integration tests: the real `flock`
-//! binary, built on demand and started on loopback.
+//! binary, built on demand and started on loopback; a real coturn
+//! (`coturn`) and network namespaces for NAT topologies (`netns`).
 #![allow(dead_code)] // each test file uses a part
+
+pub mod coturn;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
