@@ -6,6 +6,8 @@
 //! (`GET/POST /api/counter`, JSON); a form post (`POST /guestbook`) that
 //! answers `303 See Other` to `/` and sets a cookie the page greets by; and
 //! a WebSocket (`/api/live`) that pushes the counter and echoes text.
+//! For benchmarks, `GET /bytes?n=N` and `POST /upload` move bulk bytes
+//! ([`bulk`]).
 //! Prints `hello-app listening on ADDR` once it accepts connections; stops
 //! on SIGTERM/SIGINT.
 
@@ -30,6 +32,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+mod bulk;
 
 const PAGE: &str = include_str!("static/index.html");
 const STYLE: &str = include_str!("static/style.css");
@@ -351,6 +355,17 @@ fn plain(r: Resp) -> Response<Full<Bytes>> {
 }
 
 async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<bulk::AppBody>, Infallible> {
+    if bulk::is_bulk(req.method(), req.uri().path()) {
+        app.requests.fetch_add(1, Ordering::Relaxed);
+        return Ok(bulk::serve(req).await);
+    }
+    Ok(handle_small(app, req).await?.map(BodyExt::boxed))
+}
+
+async fn handle_small(
     app: Arc<App>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
