@@ -191,13 +191,7 @@ impl PeerEngine for Str0mEngine {
             SdpOffer::from_sdp_string(offer_sdp).map_err(|e| PeerError::BadOffer(e.to_string()))?;
         let (mut rtc, socket, candidates) = self.new_rtc()?;
         // Candidates in the offer itself (the rest are trickled).
-        let remote_kinds = offer_sdp
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("a="))
-            .filter(|l| l.starts_with("candidate:"))
-            .filter_map(|l| Candidate::from_sdp_string(l).ok())
-            .map(|c| (c.addr(), kind(c.kind())))
-            .collect();
+        let remote_kinds = sdp_candidate_kinds(offer_sdp);
         let answer = rtc
             .sdp_api()
             .accept_offer(offer)
@@ -225,6 +219,16 @@ impl PeerEngine for Str0mEngine {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = servers;
     }
+}
+
+/// The types of the candidates listed in an SDP, by address.
+fn sdp_candidate_kinds(sdp: &str) -> HashMap<SocketAddr, CandidateType> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .filter_map(|l| Candidate::from_sdp_string(l).ok())
+        .map(|c| (c.addr(), kind(c.kind())))
+        .collect()
 }
 
 /// An offer made by [`Str0mEngine::create_offer`], waiting for its answer.
@@ -259,7 +263,7 @@ impl PendingOffer {
             rtc,
             self.socket,
             self.candidates,
-            HashMap::new(),
+            sdp_candidate_kinds(answer_sdp),
             Some((self.first, self.first_label, tx)),
             self.silence_timeout,
             self.gather,

@@ -230,7 +230,7 @@ impl Message {
             return Err(StunError::NotStun("wrong magic cookie"));
         }
         let declared = be16(bytes, 2) as usize;
-        if declared % 4 != 0 {
+        if !declared.is_multiple_of(4) {
             return Err(StunError::NotStun("length is not a multiple of 4"));
         }
         let present = bytes.len() - HEADER_LEN;
@@ -450,7 +450,7 @@ fn decode_attribute(
             }
         }
         attr::UNKNOWN_ATTRIBUTES => {
-            if value.len() % 2 != 0 {
+            if !value.len().is_multiple_of(2) {
                 return Err(StunError::BadAttribute {
                     typ,
                     reason: "odd length",
