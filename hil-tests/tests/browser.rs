@@ -430,15 +430,22 @@ const done = arguments[arguments.length - 1];
 
 /// The app page opened through the service worker, once it shows the
 /// counter (polled through the tunnel) and the picture has loaded.
+/// The app page is up through the service worker: its style sheet applied,
+/// its script polling with XMLHttpRequest ("live"), its WebSocket open and
+/// echoing, its picture loaded.
 const APP_RENDERED: &str = "(() => { \
     const c = document.getElementById('clicks'), s = document.getElementById('state'), \
-          img = document.getElementById('picture'); \
-    if (!c || !s || !img) return null; \
+          img = document.getElementById('picture'), ws = document.getElementById('ws'), \
+          echo = document.getElementById('echo'), h1 = document.querySelector('h1'); \
+    if (!c || !s || !img || !ws || !echo || !h1) return null; \
     if (s.textContent.startsWith('error')) return { error: s.textContent }; \
     if (s.textContent !== 'live' || !/^[0-9]+$/.test(c.textContent) || !img.complete || img.naturalWidth === 0) return null; \
+    if (ws.textContent !== 'open' || echo.textContent !== 'echo:ping') return null; \
     return { path: location.pathname, title: document.title, clicks: Number(c.textContent), \
              requests: document.getElementById('requests').textContent, img: img.naturalWidth, \
-             h1: document.querySelector('h1').textContent, controlled: !!navigator.serviceWorker.controller }; })()";
+             h1: h1.textContent, h1_color: getComputedStyle(h1).color, ws: ws.textContent, echo: echo.textContent, \
+             greeting: document.getElementById('greeting').textContent, \
+             controlled: !!navigator.serviceWorker.controller }; })()";
 
 fn sha256_hex(data: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
@@ -639,6 +646,14 @@ async fn portal_connects_and_the_app_works_through_the_tunnel() {
             page["path"] == "/app/hello/" && page["controlled"] == true,
             "the app page is not served by the service worker: {page}"
         );
+        anyhow::ensure!(
+            page["h1_color"] == "rgb(32, 96, 160)",
+            "the app's style sheet (style.css) was not applied: {page}"
+        );
+        anyhow::ensure!(
+            page["greeting"] == "",
+            "no guest book cookie yet, so no greeting: {page}"
+        );
         let before = page["clicks"].as_u64().unwrap_or(0);
         b.click(&b.find("#click").await?).await?;
         let after = b
@@ -662,6 +677,34 @@ async fn portal_connects_and_the_app_works_through_the_tunnel() {
         .await?;
         let shot = b.screenshot("e2e-app-page").await?;
         eprintln!("app page screenshot: {}", shot.display());
+        // A form post: the app answers 303 to "/" with a cookie; the page it
+        // redirects to (still in the tunnel) greets by that cookie.
+        let name = b.find("#name").await?;
+        b.type_into(&name, "Ada").await?;
+        b.execute("document.getElementById('sign').requestSubmit();", vec![])
+            .await?;
+        let greeted = b
+            .wait_for(
+                "the guest book's redirect to greet by the cookie",
+                "(() => { const g = document.getElementById('greeting'); \
+                 return g && g.textContent.startsWith('Welcome back') \
+                   ? { greeting: g.textContent, path: location.pathname, \
+                       controlled: !!navigator.serviceWorker.controller } : null; })()",
+                T,
+            )
+            .await?;
+        anyhow::ensure!(
+            greeted["greeting"] == "Welcome back, Ada."
+                && greeted["path"] == "/app/hello/"
+                && greeted["controlled"] == true,
+            "after the form post: {greeted}"
+        );
+        let after_post = b
+            .wait_for("the page to be live again after the post", APP_RENDERED, T)
+            .await?;
+        eprintln!(
+            "form post, redirect and cookie through the tunnel: {greeted}; page: {after_post}"
+        );
         b.switch_to(&portal).await?;
         Ok(())
     });
