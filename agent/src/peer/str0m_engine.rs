@@ -304,6 +304,8 @@ struct Inner {
     close_requested: bool,
     close_started: bool,
     ended: bool,
+    /// Why the session is over, once a poll found out (see `poll`).
+    over: Option<String>,
     connected: bool,
     /// Signalled candidates by address, to name the selected pair's types
     /// (str0m's stats give addresses only); unknown remote = prflx.
@@ -347,8 +349,26 @@ impl Inner {
     }
 
     /// Polls the `Rtc` until it asks for a timeout; transmits and events
-    /// are collected. `Err(reason)` once the session is over.
+    /// are collected. `Err(reason)` once the session is over, and on every
+    /// call after that: the end is sticky, so the driver sees it whichever
+    /// of its polls (timer, wake-up or a datagram in a batch) met it.
     fn poll(
+        &mut self,
+        shared: &Arc<Shared>,
+        events: &mpsc::UnboundedSender<SessionEvent>,
+        transmits: &mut Vec<Transmit>,
+    ) -> Result<Instant, String> {
+        if let Some(reason) = &self.over {
+            return Err(reason.clone());
+        }
+        let polled = self.poll_rtc(shared, events, transmits);
+        if let Err(reason) = &polled {
+            self.over = Some(reason.clone());
+        }
+        polled
+    }
+
+    fn poll_rtc(
         &mut self,
         shared: &Arc<Shared>,
         events: &mpsc::UnboundedSender<SessionEvent>,
@@ -550,6 +570,7 @@ fn start(
             close_requested: false,
             close_started: false,
             ended: false,
+            over: None,
             connected: false,
             local_kinds,
             remote_kinds,
