@@ -706,6 +706,39 @@ async fn portal_connects_and_the_app_works_through_the_tunnel() {
             "form post, redirect and cookie through the tunnel: {greeted}; page: {after_post}"
         );
         b.switch_to(&portal).await?;
+
+        // Leaving the portal closes its peer connections; the device must
+        // notice at once (DTLS close_notify / SCTP abort), not at the 30 s
+        // silence timeout, and drop the sessions.
+        let peers = |agent: &intrust_hil::browser::stack::Appliance| -> anyhow::Result<usize> {
+            let out = std::process::Command::new(intrustd.with_file_name("intrustctl"))
+                .arg("--socket")
+                .arg(&agent.control_socket)
+                .args(["peers", "--json"])
+                .output()?;
+            anyhow::ensure!(out.status.success(), "intrustctl peers failed: {out:?}");
+            let list: Value = serde_json::from_slice(&out.stdout)?;
+            Ok(list.as_array().map_or(0, Vec::len))
+        };
+        let before = peers(logs.agent)?;
+        anyhow::ensure!(before >= 1, "the portal's sessions are listed before it closes");
+        b.goto("about:blank").await?;
+        let closed_at = Instant::now();
+        loop {
+            let n = peers(logs.agent)?;
+            if n == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                closed_at.elapsed() < Duration::from_secs(5),
+                "{n} session(s) still listed 5 s after the portal page went away"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "the device dropped the portal's {before} session(s) {:.0?} after the page went away",
+            closed_at.elapsed()
+        );
         Ok(())
     });
     let result = timeout(E2E_LIMIT.saturating_sub(started.elapsed()), run).await;
