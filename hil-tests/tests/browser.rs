@@ -721,7 +721,10 @@ async fn portal_connects_and_the_app_works_through_the_tunnel() {
             Ok(list.as_array().map_or(0, Vec::len))
         };
         let before = peers(logs.agent)?;
-        anyhow::ensure!(before >= 1, "the portal's sessions are listed before it closes");
+        anyhow::ensure!(
+            before >= 1,
+            "the portal's sessions are listed before it closes"
+        );
         b.goto("about:blank").await?;
         let closed_at = Instant::now();
         loop {
