@@ -1,8 +1,10 @@
 //! The whole peer path on loopback: the real `flock` binary, the real
 //! `intrustd` (`[rendezvous]` pointing at it, one app) and a Rust "browser"
-//! (str0m) that signals through flock's `/signal` WebSocket, then fetches a
-//! page and a 4 MiB download through the tunnel. Status shows the session
-//! and the link LED; without `--insecure-open` the browser is refused with
+//! (str0m) that signals through flock's `/signal` WebSocket, then through
+//! the tunnel: a page, a 64 MiB download and a 32 MiB upload checked by
+//! SHA-256, 100 concurrent requests, and a cancelled request the app sees
+//! end. Status shows the session and the link LED; closing the session is
+//! noticed at once; without `--insecure-open` the browser is refused with
 //! a reason. Every wait is bounded.
 
 use std::net::SocketAddr;
@@ -10,24 +12,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use flock_proto::browser::{self, BrowserToFlock, FlockToBrowser};
 use flock_proto::DeviceName;
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
 use intrust_agent::appliance::StateName;
 use intrust_agent::control::{ControlClient, Status};
 use intrust_agent::peer::str0m_engine::{Str0mConfig, Str0mEngine};
-use intrust_agent::peer::stream::ChannelStream;
 use intrust_board::{LedPattern, LedRole};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 const T: Duration = Duration::from_secs(15);
-const BIG: usize = 4 * 1024 * 1024;
 
 mod common;
+use common::app::{get, http, pattern, sha256_hex, start_app, DOWNLOAD, PAGE, UPLOAD};
 
 /// A child process killed when dropped.
 struct Proc(Child);
@@ -41,65 +44,6 @@ impl Drop for Proc {
 
 fn start_flock(dir: &Path) -> common::FlockProc {
     common::start_flock(dir, "127.0.0.1:0".parse().unwrap(), "")
-}
-
-/// The download's bytes: a fixed pseudo-random pattern.
-fn big_body() -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..BIG)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-/// FNV-1a, to compare the download without printing 4 MiB on failure.
-fn checksum(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The app: `GET /` → `hello`, `GET /big` → [`big_body`]; keep-alive.
-async fn app() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let big = std::sync::Arc::new(big_body());
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let big = big.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match tcp.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
-                    let body: &[u8] = if head.starts_with("GET /big ") {
-                        &big
-                    } else {
-                        b"hello"
-                    };
-                    let h = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                    if tcp.write_all(h.as_bytes()).await.is_err()
-                        || tcp.write_all(body).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 struct Agent {
@@ -258,42 +202,13 @@ async fn signal_offer(flock: SocketAddr, offer: &str) -> (Ws, FlockToBrowser) {
     }
 }
 
-/// Reads one HTTP/1.1 response with a content-length; returns the body.
-async fn read_response<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Vec<u8> {
-    let mut chunk = vec![0u8; 64 * 1024];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = r.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "channel closed before the response head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .expect("content-length")
-        .trim()
-        .parse()
-        .unwrap();
-    buf.drain(..end + 4);
-    while buf.len() < len {
-        let n = r.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "channel closed in the body");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    buf.drain(..len).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_reaches_the_app_through_flock_and_the_tunnel() {
     let dir = tempfile::tempdir().unwrap();
     let flock_proc = start_flock(dir.path());
     let flock = flock_proc.addr;
-    let app = app().await;
-    let mut agent = Agent::start(flock, app, true).await;
+    let app = start_app().await;
+    let mut agent = Agent::start(flock, app.addr, true).await;
     assert!(
         agent.stderr().contains("--insecure-open"),
         "the insecure warning is logged at start:\n{}",
@@ -310,27 +225,75 @@ async fn browser_reaches_the_app_through_flock_and_the_tunnel() {
         let (browser, control) = pending.accept_answer(&sdp).unwrap();
         control.open().await.unwrap();
 
-        let io = browser
-            .session
-            .open_channel("http/1.1 hello")
-            .unwrap()
-            .open()
-            .await
+        let session = &*browser.session;
+        let (mut hello, _conn) = http(session, "hello").await;
+        let resp = hello.send_request(get("/page")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, PAGE.as_bytes());
+
+        // 64 MiB down and 32 MiB up on one keep-alive channel.
+        let started = Instant::now();
+        hello.ready().await.unwrap();
+        let resp = hello.send_request(get("/download")).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let down_secs = started.elapsed().as_secs_f64();
+        assert_eq!(body.len(), DOWNLOAD);
+        assert_eq!(sha256_hex(&body), sha256_hex(&app.download));
+        let upload = Bytes::from(pattern(11, UPLOAD));
+        let want = format!("{UPLOAD} {}", sha256_hex(&upload));
+        let started = Instant::now();
+        hello.ready().await.unwrap();
+        let req = Request::post("/upload")
+            .header("host", "demo")
+            .body(Full::new(upload))
             .unwrap();
-        let mut stream = ChannelStream::new(io);
-        let mut buf = Vec::new();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nhost: hello\r\n\r\n")
+        let resp = hello.send_request(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let up_secs = started.elapsed().as_secs_f64();
+        assert_eq!(String::from_utf8_lossy(&body), want);
+        println!(
+            "through flock and intrustd: {} MiB down at {:.1} MB/s, {} MiB up at {:.1} MB/s",
+            DOWNLOAD >> 20,
+            DOWNLOAD as f64 / down_secs / 1e6,
+            UPLOAD >> 20,
+            UPLOAD as f64 / up_secs / 1e6
+        );
+
+        // 100 concurrent requests, each on its own channel.
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let session = browser.session.clone();
+            tasks.spawn(async move {
+                let (mut c, _conn) = http(&*session, "hello").await;
+                let resp = c.send_request(get(&format!("/page?{i}"))).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, PAGE.as_bytes());
+            });
+        }
+        let mut done = 0;
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+            done += 1;
+        }
+        assert_eq!(done, 100);
+
+        // Cancellation: dropping the connection (closing its channel) ends
+        // the app's side of the request.
+        let (mut slow, conn) = http(session, "hello").await;
+        let resp = slow.send_request(get("/slow")).await.unwrap();
+        let mut body = resp.into_body();
+        let mut got = 0;
+        while got < 4096 {
+            let frame = body.frame().await.unwrap().unwrap();
+            got += frame.data_ref().map_or(0, |d| d.len());
+        }
+        conn.abort();
+        drop((body, slow));
+        timeout(T, app.slow_closed.notified())
             .await
-            .unwrap();
-        assert_eq!(read_response(&mut stream, &mut buf).await, b"hello");
-        stream
-            .write_all(b"GET /big HTTP/1.1\r\nhost: hello\r\n\r\n")
-            .await
-            .unwrap();
-        let big = read_response(&mut stream, &mut buf).await;
-        assert_eq!(big.len(), BIG);
-        assert_eq!(checksum(&big), checksum(&big_body()));
+            .expect("the app sees the cancelled request's connection close");
 
         let s = agent.status_until("one peer", |s| s.peers == Some(1)).await;
         assert_eq!(s.state, StateName::PeerConnected);
@@ -344,7 +307,7 @@ async fn browser_reaches_the_app_through_flock_and_the_tunnel() {
         assert_eq!(sessions.len(), 1, "{sessions:?}");
         let p = &sessions[0];
         assert!(p.connected);
-        assert!(p.bytes_out > BIG as u64, "{p:?}");
+        assert!(p.bytes_out > DOWNLOAD as u64, "{p:?}");
         assert!(p.bytes_in > 0, "{p:?}");
         // Loopback host candidates on both sides; the pair shows once
         // str0m's first stats (every second) are in.
@@ -359,13 +322,15 @@ async fn browser_reaches_the_app_through_flock_and_the_tunnel() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
-        // str0m's close sends nothing the device would see: the session
-        // ends when ICE consent expires (30 s of silence).
+        // Closing sends DTLS close_notify: the device ends the session at
+        // once, not at the 30 s silence timeout.
         browser.session.close();
-        let s = agent
-            .status_within(Duration::from_secs(45), "no peers", |s| s.peers == Some(0))
+        // (The link LED follows the appliance state, a step after the count.)
+        agent
+            .status_within(Duration::from_secs(3), "no peers, link LED off", |s| {
+                s.peers == Some(0) && s.leds[&LedRole::Link] == LedPattern::Off
+            })
             .await;
-        assert_eq!(s.leds[&LedRole::Link], LedPattern::Off);
     })
     .await
     .expect("test finished in time");
@@ -377,8 +342,8 @@ async fn without_insecure_open_the_browser_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let flock_proc = start_flock(dir.path());
     let flock = flock_proc.addr;
-    let app = app().await;
-    let mut agent = Agent::start(flock, app, false).await;
+    let app = start_app().await;
+    let mut agent = Agent::start(flock, app.addr, false).await;
     let engine = Str0mEngine::new(Str0mConfig::default());
     let pending = engine.create_offer("control").unwrap();
     let (_ws, reply) = signal_offer(flock, pending.offer_sdp()).await;

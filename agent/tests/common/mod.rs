@@ -3,6 +3,7 @@
 //! (`coturn`) and network namespaces for NAT topologies (`netns`).
 #![allow(dead_code)] // each test file uses a part
 
+pub mod app;
 pub mod coturn;
 pub mod netns;
 
