@@ -11,7 +11,7 @@ use crate::cmd::{self, say};
 use crate::{apt, cross, web, Outcome};
 
 /// Debian packages the host tests need beyond Rust and a C compiler.
-/// (The rendezvous, app and update issues add coturn, crun, nix-bin, rauc…)
+/// (The app and update issues add crun, nix-bin, rauc…)
 pub const HOST_PACKAGES: &[&str] = &[
     // fw_printenv/fw_setenv: recovery's U-Boot env interop tests.
     "libubootenv-tool",
@@ -28,6 +28,12 @@ pub const HOST_PACKAGES: &[&str] = &[
     // Headless Chromium driven over WebDriver: hil-tests' browser tests.
     "chromium",
     "chromium-driver",
+    // turnserver: the agent's TURN and NAT tests (agent/tests/peer_turn.rs, nat.rs) use a real coturn.
+    "coturn",
+    // nft: the NATs in the agent's NAT tests (masquerade, dropped UDP).
+    "nftables",
+    // ip (netns, veth): the network namespaces of the agent's NAT tests.
+    "iproute2",
 ];
 
 struct Step {

@@ -24,6 +24,9 @@ pub struct CoturnOpts {
     pub listen: IpAddr,
     /// Listening port; 0 picks a free one.
     pub port: u16,
+    /// More addresses to listen on (same port), e.g. a second STUN
+    /// destination to see whether a NAT maps per destination.
+    pub also_listen: Vec<IpAddr>,
     /// Address relayed allocations are made on.
     pub relay: IpAddr,
     /// Relay port range (inclusive); `None`: coturn's default 49152–65535.
@@ -46,6 +49,7 @@ impl CoturnOpts {
         CoturnOpts {
             listen: ip,
             port: 0,
+            also_listen: Vec::new(),
             relay: ip,
             relay_ports: None,
             netns: None,
@@ -107,13 +111,24 @@ impl Coturn {
         };
         cmd.arg("-n") // no config file
             .arg(format!("--listening-ip={}", opts.listen))
+            .args(
+                opts.also_listen
+                    .iter()
+                    .map(|ip| format!("--listening-ip={ip}")),
+            )
             .arg(format!("--listening-port={port}"))
             .arg(format!("--relay-ip={}", opts.relay))
             .arg("--use-auth-secret")
             .arg(format!("--static-auth-secret={}", opts.secret))
             .arg(format!("--realm={}", opts.realm))
             .args(["--fingerprint", "--no-tls", "--no-dtls", "--no-cli"])
-            .args(["--log-file=stdout", "--simple-log", "--verbose"])
+            // A file, not stdout: coturn buffers stdout, which is lost
+            // when it is killed.
+            .arg(format!(
+                "--log-file={}",
+                dir.path().join("turnserver.log").display()
+            ))
+            .args(["--simple-log", "--verbose"])
             .arg(format!(
                 "--pidfile={}",
                 dir.path().join("turnserver.pid").display()
@@ -126,11 +141,11 @@ impl Coturn {
         if opts.listen.is_loopback() || opts.relay.is_loopback() {
             cmd.arg("--allow-loopback-peers");
         }
-        let log = std::fs::File::create(dir.path().join("turnserver.log")).expect("log file");
+        let out = std::fs::File::create(dir.path().join("turnserver.out")).expect("output file");
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
+            .stdout(out.try_clone().expect("output file"))
+            .stderr(out)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let mut coturn = Coturn {
@@ -213,7 +228,8 @@ impl Coturn {
 
     /// Everything coturn has logged so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("turnserver.log")).unwrap_or_default()
+        let read = |name| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        read("turnserver.out") + &read("turnserver.log")
     }
 }
 
@@ -276,8 +292,7 @@ pub fn stun_binding_from(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let txid: [u8; 12] = (nanos as u128 ^ u128::from(socket.local_addr()?.port())).to_be_bytes()
-        [4..]
+    let txid: [u8; 12] = (nanos ^ u128::from(socket.local_addr()?.port())).to_be_bytes()[4..]
         .try_into()
         .expect("12 bytes");
     let mut req = Vec::with_capacity(20);

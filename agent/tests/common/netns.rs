@@ -94,11 +94,16 @@ impl Netns {
         cmd
     }
 
-    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace).
+    /// Sets a sysctl inside the namespace (`net.*` keys are per namespace):
+    /// written to /proc/sys from a thread in it (no `sysctl` tool needed).
     pub fn sysctl(&self, key: &str, value: &str) {
-        let mut cmd = self.command("sysctl");
-        cmd.args(["-q", "-w", &format!("{key}={value}")]);
-        checked(cmd, &format!("sysctl {key}={value} in {}", self.name));
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_owned();
+        let what = format!("{key}={value} in {}", self.name);
+        self.spawn(move || std::fs::write(&path, value))
+            .join()
+            .expect("sysctl thread")
+            .unwrap_or_else(|e| panic!("sysctl {what}: {e}"));
     }
 
     /// Loads an nftables ruleset (nft's file syntax) inside the namespace.
@@ -109,6 +114,17 @@ impl Netns {
         let mut cmd = self.command("nft");
         cmd.arg("-f").arg(&file);
         checked(cmd, &format!("nft -f in {}:\n{ruleset}", self.name));
+    }
+
+    /// A per-namespace file under `/proc/thread-self/` (e.g.
+    /// `net/nf_conntrack`, for failure messages) as seen from inside; empty
+    /// when unreadable. (`/proc/net` is the process's namespace, not the
+    /// thread's.)
+    pub fn read_proc(&self, path: &str) -> String {
+        let path = format!("/proc/thread-self/{path}");
+        self.spawn(move || std::fs::read_to_string(path).unwrap_or_default())
+            .join()
+            .unwrap_or_default()
     }
 
     /// Moves the calling thread into the namespace: sockets it creates from
