@@ -30,7 +30,9 @@ fn logs() -> Arc<Mutex<Vec<u8>>> {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let writer = buf.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("intrust_agent=debug")
+            .with_env_filter(
+                std::env::var("PEER_TURN_LOG_FILTER").unwrap_or("intrust_agent=debug".into()),
+            )
             .with_ansi(false)
             .with_writer(move || LogWriter(writer.clone()))
             .finish();
@@ -246,7 +248,13 @@ async fn relay_only_sessions_connect_through_coturn() {
         p.browser.close();
     })
     .await;
-    result.unwrap_or_else(|_| panic!("timed out; coturn log:\n{}", coturn.log()));
+    result.unwrap_or_else(|_| {
+        panic!(
+            "timed out; coturn log:\n{}\nagent log:\n{}",
+            coturn.log(),
+            log_text()
+        )
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +277,13 @@ async fn a_relay_candidate_is_gathered_next_to_the_host_one() {
         assert_eq!(pairs(&p).await, (host, host));
     })
     .await;
-    result.unwrap_or_else(|_| panic!("timed out; coturn log:\n{}", coturn.log()));
+    result.unwrap_or_else(|_| {
+        panic!(
+            "timed out; coturn log:\n{}\nagent log:\n{}",
+            coturn.log(),
+            log_text()
+        )
+    });
 }
 
 /// Runs a [`Gatherer`] over a real socket until it is done.
@@ -338,7 +352,13 @@ async fn wrong_turn_credentials_are_logged_and_host_still_connects() {
         transfer(p.device_channel.clone(), p.browser_channel.clone()).await;
     })
     .await;
-    result.unwrap_or_else(|_| panic!("timed out; coturn log:\n{}", coturn.log()));
+    result.unwrap_or_else(|_| {
+        panic!(
+            "timed out; coturn log:\n{}\nagent log:\n{}",
+            coturn.log(),
+            log_text()
+        )
+    });
     let logs = log_text();
     assert!(
         logs.contains(&format!(
@@ -399,4 +419,29 @@ async fn unreachable_ice_servers_end_gathering_in_bounded_time() {
         "{logs}"
     );
     assert!(logs.contains("STUN server did not answer"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_device_reaches_a_host_only_browser() {
+    logs();
+    let coturn = Coturn::start(CoturnOpts::loopback());
+    let result = timeout(Duration::from_secs(30), async {
+        // The browser's checks go straight to the device's relayed address;
+        // the device's go through its allocation as Send indications.
+        let device = engine(vec![turn_server(&coturn, None)], true);
+        let browser = engine(Vec::new(), false);
+        let p = connect(&device, &browser).await;
+        let (d, b) = pairs(&p).await;
+        assert_eq!(d, (CandidateType::Relay, CandidateType::Host));
+        assert_eq!(b.1, CandidateType::Relay, "{b:?}");
+        transfer(p.browser_channel.clone(), p.device_channel.clone()).await;
+    })
+    .await;
+    result.unwrap_or_else(|_| {
+        panic!(
+            "timed out; coturn log:\n{}\nagent log:\n{}",
+            coturn.log(),
+            log_text()
+        )
+    });
 }

@@ -308,3 +308,120 @@ async fn trickle(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::engine::{Accepted, IceServer, PeerError, PendingChannel};
+
+    /// An engine whose sessions trickle two gathered candidates.
+    #[derive(Default)]
+    struct Fake {
+        ice_servers: Mutex<Vec<Vec<IceServer>>>,
+        gathered: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    }
+
+    struct FakeSession;
+
+    impl Session for FakeSession {
+        fn add_remote_candidate(&self, _: &str) -> Result<(), PeerError> {
+            Ok(())
+        }
+        fn local_candidates(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn open_channel(&self, _: &str) -> Result<PendingChannel, PeerError> {
+            Err(PeerError::SessionClosed)
+        }
+        fn close(&self) {}
+        fn stats(&self) -> SessionStats {
+            SessionStats::default()
+        }
+    }
+
+    impl PeerEngine for Fake {
+        fn accept_offer(&self, _: &str) -> Result<Accepted, PeerError> {
+            let (_events_tx, events) = mpsc::unbounded_channel();
+            let (tx, local_candidates) = mpsc::unbounded_channel();
+            *self.gathered.lock().unwrap() = Some(tx);
+            Ok(Accepted {
+                answer_sdp: "v=0\r\na=mid:data\r\n".into(),
+                session: Arc::new(FakeSession),
+                events,
+                local_candidates,
+            })
+        }
+        fn set_ice_servers(&self, servers: Vec<IceServer>) {
+            self.ice_servers.lock().unwrap().push(servers);
+        }
+    }
+
+    fn server(url: &str) -> IceServer {
+        IceServer {
+            urls: vec![url.into()],
+            username: None,
+            credential: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn ice_servers_reach_the_engine_and_gathered_candidates_are_trickled() {
+        let engine = Arc::new(Fake::default());
+        let tunnel = Arc::new(TunnelConfig {
+            device: "testbox".into(),
+            apps: BTreeMap::new(),
+        });
+        let host = PeerHost::new(engine.clone(), tunnel, Arc::new(InsecureOpen));
+        let (events, ev_rx) = mpsc::channel(16);
+        let (cmd_tx, mut commands) = mpsc::channel(16);
+        tokio::spawn(host.run(ev_rx, cmd_tx));
+
+        let refreshed = vec![server("stun:a.example")];
+        events
+            .send(SignallingEvent::IceServers(refreshed.clone()))
+            .await
+            .unwrap();
+        let with_offer = vec![server("stun:b.example")];
+        events
+            .send(SignallingEvent::Offer {
+                session: 7,
+                sdp: "offer".into(),
+                ice_servers: with_offer.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            commands.recv().await,
+            Some(SignallingCommand::Answer { session: 7, .. })
+        ));
+        assert_eq!(
+            *engine.ice_servers.lock().unwrap(),
+            vec![refreshed, with_offer]
+        );
+        let gathered = engine.gathered.lock().unwrap().take().unwrap();
+        for line in [
+            "candidate:1 1 udp 1 192.0.2.1 5 typ srflx",
+            "candidate:2 1 udp 1 192.0.2.2 6 typ relay",
+        ] {
+            gathered.send(line.into()).unwrap();
+            assert_eq!(
+                commands.recv().await,
+                Some(SignallingCommand::Candidate {
+                    session: 7,
+                    candidate: Some(line.into()),
+                    sdp_mid: Some("data".into()),
+                })
+            );
+        }
+        // Gathering over: the end of candidates.
+        drop(gathered);
+        assert_eq!(
+            commands.recv().await,
+            Some(SignallingCommand::Candidate {
+                session: 7,
+                candidate: None,
+                sdp_mid: None,
+            })
+        );
+    }
+}

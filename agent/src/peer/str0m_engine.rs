@@ -709,6 +709,7 @@ async fn drive(
     tokio::pin!(resolving);
     let mut resolved = false;
     let mut last_heard = Instant::now();
+    let mut first = true;
     let reason = loop {
         let gathered: Vec<Gathered> = std::iter::from_fn(|| gatherer.poll_candidate()).collect();
         let (step, paused, lines) = {
@@ -717,6 +718,15 @@ async fn drive(
                 .into_iter()
                 .filter_map(|g| inner.add_gathered(g, local))
                 .collect();
+            if !lines.is_empty() || first {
+                // Checks on new pairs start now; and str0m's ICE has no
+                // timer at all until its first timeout (a relay-only
+                // session has nothing else to start it).
+                first = false;
+                if let Err(e) = inner.rtc.handle_input(Input::Timeout(Instant::now())) {
+                    tracing::debug!("timeout handling failed: {e}");
+                }
+            }
             let step = inner.poll(&shared, &events, &mut transmits);
             (step, inner.reading_paused(), lines)
         };
