@@ -1,7 +1,8 @@
 //! `intrust-hil`: runs HIL scenarios and the board benchmark against a rig.
 //!
 //! `intrust-hil [--rig sim] [--intrustd PATH] [--launcher CMD] [--record-dir DIR] run NAME|all`,
-//! `intrust-hil list`, `intrust-hil bench board [--presses N]`.
+//! `intrust-hil list`, `intrust-hil bench board [--presses N]`,
+//! `intrust-hil bench tunnel --flock PATH --hello-app PATH --client PATH`.
 //! One line per scenario on stdout; exits non-zero if any scenario fails.
 
 use anyhow::Context;
@@ -68,6 +69,37 @@ enum BenchGroup {
         #[arg(long, default_value_t = 1000)]
         presses: usize,
     },
+    /// The tunnel through flock and intrustd: Rust-client connect time,
+    /// intrustd's memory, Chromium connect/download/upload.
+    Tunnel(TunnelArgs),
+}
+
+#[derive(clap::Args)]
+struct TunnelArgs {
+    /// The flock binary.
+    #[arg(long, value_name = "PATH")]
+    flock: PathBuf,
+    /// The hello-app binary.
+    #[arg(long, value_name = "PATH")]
+    hello_app: PathBuf,
+    /// The agent's `tunnel_bench` example (the Rust client).
+    #[arg(long, value_name = "PATH")]
+    client: PathBuf,
+    /// The built portal (default: flock/web/dist, built if missing).
+    #[arg(long, value_name = "DIR")]
+    portal: Option<PathBuf>,
+    /// Rust-client connects to time.
+    #[arg(long, default_value_t = 20)]
+    rust_runs: usize,
+    /// Sessions held for the memory reading.
+    #[arg(long, default_value_t = 10)]
+    sessions: usize,
+    /// Measured Chromium runs (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    chromium_runs: usize,
+    /// MiB per Chromium download and upload.
+    #[arg(long, default_value_t = 64)]
+    chromium_mib: u64,
 }
 
 fn main() -> ExitCode {
@@ -162,6 +194,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for line in bench::lines(&run, *presses) {
                 println!("{line}");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            group: BenchGroup::Tunnel(t),
+        } => {
+            let portal = match &t.portal {
+                Some(p) => p.clone(),
+                None => intrust_hil::browser::flock::portal_dist()?,
+            };
+            let cfg = intrust_hil::browser::bench::TunnelBench {
+                intrustd: locate_intrustd(cli.intrustd.as_deref())?,
+                flock: t.flock.clone(),
+                hello_app: t.hello_app.clone(),
+                client: t.client.clone(),
+                portal,
+                rust_runs: t.rust_runs,
+                sessions: t.sessions,
+                chromium_runs: t.chromium_runs,
+                chromium_bytes: t.chromium_mib << 20,
+            };
+            let (lines, result) = intrust_hil::browser::bench::tunnel(&cfg).await;
+            eprint!("{}", intrust_hil::browser::bench::table(&lines));
+            for line in &lines {
+                println!("{line}");
+            }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::cmd::{self, say};
 use crate::cross;
 
+mod tunnel;
 mod update;
 
 pub const GROUPS: &[(&str, &str)] = &[
@@ -21,6 +22,10 @@ pub const GROUPS: &[(&str, &str)] = &[
     (
         "footprint",
         "sizes of the stripped aarch64 intrustd, intrustctl and intrust-recovery",
+    ),
+    (
+        "tunnel",
+        "256 MiB through the WebRTC tunnel vs raw str0m and webrtc-rs; connect time (Rust, Chromium), Chromium download/upload, intrustd RSS",
     ),
     (
         "update",
@@ -54,6 +59,7 @@ fn run_group(root: &Path, group: &str) -> Result<()> {
     match group {
         "board" => board(root),
         "footprint" => footprint(root),
+        "tunnel" => tunnel::run(root),
         "update" => update::run(root),
         other => {
             let names: Vec<&str> = GROUPS.iter().map(|(n, _)| *n).collect();

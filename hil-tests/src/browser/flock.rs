@@ -27,6 +27,12 @@ pub struct Flock {
 impl Flock {
     /// Starts `flock` serving `web_root`.
     pub fn start(bin: &Path, web_root: &Path) -> anyhow::Result<Flock> {
+        Flock::start_with(bin, web_root, "")
+    }
+
+    /// Like [`Flock::start`], with `extra` appended to its config file
+    /// (benchmarks raise the per-source `[limits]`).
+    pub fn start_with(bin: &Path, web_root: &Path, extra: &str) -> anyhow::Result<Flock> {
         let dir = tempfile::Builder::new()
             .prefix("intrust-flock-")
             .tempdir()
@@ -36,7 +42,7 @@ impl Flock {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\nregistry = {}\nweb_root = {}\n",
+                "listen = \"127.0.0.1:0\"\nregistry = {}\nweb_root = {}\n{extra}",
                 q(&dir.path().join("registry.json")),
                 q(web_root)
             ),

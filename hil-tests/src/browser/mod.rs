@@ -7,6 +7,7 @@
 //! when the [`Browser`] is dropped (and if the test process dies). The
 //! WebDriver client is [`http`], a few dozen lines over a `TcpStream`.
 
+pub mod bench;
 pub mod flock;
 pub mod http;
 pub mod stack;

@@ -90,6 +90,11 @@ impl Process {
         })
     }
 
+    /// Its process id (benchmarks read its memory from `/proc`).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status if it has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
