@@ -1,23 +1,39 @@
 //! NAT traversal end to end, on a small internet of network namespaces
 //! this test builds (veth pairs, nftables NATs): the real `flock` and a
 //! real coturn on the "internet", the real `intrustd` behind one NAT, a
-//! Rust "browser" (the str0m engine's offering role) behind another. Each
-//! case connects through flock's signalling, fetches a page from an app
-//! through the tunnel and asserts the candidate pair type that both the
-//! browser (`Session::stats`) and the device (`intrustctl peers --json`)
-//! report.
+//! Rust "browser" (the str0m engine's offering role, on a thread that
+//! entered its namespace) behind another. Each case first checks that the
+//! NATs map as intended (STUN from one socket to two addresses), then
+//! connects through flock's signalling with flock's ICE servers, fetches a
+//! page from an app through the tunnel and asserts the candidate pair type
+//! that both the browser (`Session::stats`) and the device (`intrustctl
+//! peers --json`) report.
 //!
 //! ```text
 //!            wan (the internet): flock 100.64.0.1:8080, coturn 100.64.0.2:3478
+//!            (and .3:3478), default route into `void`, which drops all
 //!            /site-dev 100.64.1.1                        \site-br 100.64.2.1
 //!   dev-nat: wan 100.64.1.10                   br-nat: wan 100.64.2.20
 //!            lan 10.1.0.1                              lan 10.2.0.1
 //!   dev:     eth0 10.1.0.2 (intrustd)          br:     eth0 10.2.0.2 (browser)
 //! ```
 //!
+//! | case                      | NATs                                    | pair                 |
+//! |---------------------------|-----------------------------------------|----------------------|
+//! | routed                    | none (`wan` routes the LANs)            | host                 |
+//! | cone                      | `masquerade`                            | srflx (or prflx)     |
+//! | symmetric                 | `masquerade random,fully-random`        | relay                |
+//! | UDP dropped between sites | `masquerade`, `wan` drops forwarded UDP | relay                |
+//! | no ICE servers            | `masquerade`                            | none: fails in 20 s  |
+//!
+//! The NAT routers also drop unsolicited packets from `wan` before
+//! conntrack keeps them, as a home router's firewall does (see
+//! [`Internet::build`] for why hole punching needs that on Linux).
+//!
 //! Needs root (namespaces, nft); without it every case prints why it is
 //! skipped and passes. `nft` and `turnserver` missing is a failure naming
-//! the package (`cargo xtask test` installs both). Every wait is bounded.
+//! the package (`cargo xtask test` installs both). Every wait is bounded;
+//! namespaces are deleted (and what runs in them killed) even on panic.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -417,7 +433,16 @@ async fn browse(dir: PathBuf, trace: &mut Trace) -> Result<Outcome, String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 }
-                None => local_done = true,
+                None => {
+                    // End of candidates, as a browser says it.
+                    local_done = true;
+                    ws.send(send(BrowserToFlock::Candidate {
+                        candidate: None,
+                        sdp_mid: None,
+                    }))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
             },
             m = next_signal(&mut ws) => match m? {
                 FlockToBrowser::Candidate { candidate: Some(c), .. } => {

@@ -17,7 +17,8 @@ const PREFIX: &str = "intrt-";
 
 /// True (after printing why) when namespaces cannot be made here: not root,
 /// or `ip netns add` refused (a container without CAP_SYS_ADMIN). The
-/// caller returns early; CI runs the tests as root.
+/// caller returns early; CI runs the tests as root. As root, a missing `ip`
+/// is a failure naming its package.
 pub fn skip_without_netns(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -27,6 +28,7 @@ pub fn skip_without_netns(test: &str) -> bool {
         );
         return true;
     }
+    require_tool("ip", "iproute2");
     match Netns::new("probe") {
         Ok(_) => false,
         Err(e) => {
