@@ -595,6 +595,9 @@ fn run(
         Coturn::start(CoturnOpts {
             port: TURN_PORT,
             also_listen: vec![STUN2_IP.parse().unwrap()],
+            // As in production: no relaying into private networks (the
+            // LANs' host candidates get 403 on CreatePermission).
+            denied_peers: vec!["10.0.0.0-10.255.255.255".into()],
             relay_ports: Some((50000, 50999)),
             netns: Some(net.wan.name().to_owned()),
             secret: SECRET.into(),

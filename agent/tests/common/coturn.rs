@@ -33,6 +33,9 @@ pub struct CoturnOpts {
     pub relay_ports: Option<(u16, u16)>,
     /// Network namespace (`ip netns` name) to run in; `None`: the test's.
     pub netns: Option<String>,
+    /// Peer addresses coturn refuses to relay to (`--denied-peer-ip`,
+    /// `IP` or `FIRST-LAST`), as production servers deny private ranges.
+    pub denied_peers: Vec<String>,
     /// `static-auth-secret`, the same as flock's `[turn] secret`.
     pub secret: String,
     pub realm: String,
@@ -53,6 +56,7 @@ impl CoturnOpts {
             relay: ip,
             relay_ports: None,
             netns: None,
+            denied_peers: Vec::new(),
             secret: "intrustd-test-turn-secret".into(),
             realm: "intrustd.test".into(),
         }
@@ -137,6 +141,9 @@ impl Coturn {
         if let Some((min, max)) = opts.relay_ports {
             cmd.arg(format!("--min-port={min}"))
                 .arg(format!("--max-port={max}"));
+        }
+        for range in &opts.denied_peers {
+            cmd.arg(format!("--denied-peer-ip={range}"));
         }
         if opts.listen.is_loopback() || opts.relay.is_loopback() {
             cmd.arg("--allow-loopback-peers");
