@@ -241,11 +241,21 @@ async fn relay_only_sessions_connect_through_coturn() {
         // (The stream's shutdown closes the channel: one direction.)
         transfer(p.device_channel.clone(), p.browser_channel.clone()).await;
         assert_eq!(pairs(&p).await, (relay, relay));
+        // The bulk went as ChannelData on bound channels.
+        let log = coturn.log();
+        assert!(
+            log.contains("CHANNEL_BIND processed, success"),
+            "no channel bound:\n{log}"
+        );
         if std::env::var_os("PEER_TURN_LOG").is_some() {
             eprintln!("{}", log_text());
         }
+        // Closing releases both allocations (Refresh with LIFETIME 0).
         p.device.close();
         p.browser.close();
+        while coturn.log().matches("REFRESH processed, success").count() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
     .await;
     result.unwrap_or_else(|_| {
