@@ -128,7 +128,7 @@ impl Gatherer {
                     username,
                     password,
                 } => {
-                    let seed = self.ids.next_id();
+                    let seed = self.ids.child();
                     self.turns
                         .push(TurnClient::new(addr, username, password, seed, now));
                 }

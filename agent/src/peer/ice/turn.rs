@@ -129,15 +129,32 @@ pub struct TurnClient {
 }
 
 /// Transaction ids from a random seed (the caller's randomness) and a
-/// counter, so tests are deterministic.
+/// counter, so tests are deterministic. Ids differ from each other in the
+/// last 8 bytes; [`TransactionIds::child`] seeds differ in the first 4, so
+/// no two generators derived from one seed ever hand out the same id.
 pub struct TransactionIds {
     seed: TransactionId,
     counter: u64,
+    children: u32,
 }
 
 impl TransactionIds {
     pub fn new(seed: TransactionId) -> Self {
-        TransactionIds { seed, counter: 0 }
+        TransactionIds {
+            seed,
+            counter: 0,
+            children: 0,
+        }
+    }
+
+    /// A seed for another generator whose ids never collide with these.
+    pub fn child(&mut self) -> TransactionId {
+        self.children += 1;
+        let mut seed = self.seed;
+        for (b, c) in seed[..4].iter_mut().zip(self.children.to_be_bytes()) {
+            *b ^= c;
+        }
+        seed
     }
 
     pub fn next_id(&mut self) -> TransactionId {
@@ -700,6 +717,19 @@ mod tests {
             })
         );
         c
+    }
+
+    #[test]
+    fn transaction_ids_of_a_generator_and_its_children_are_distinct() {
+        let mut parent = TransactionIds::new([0xA5; 12]);
+        let mut a = TransactionIds::new(parent.child());
+        let mut b = TransactionIds::new(parent.child());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            for ids in [&mut parent, &mut a, &mut b] {
+                assert!(seen.insert(ids.next_id()));
+            }
+        }
     }
 
     #[test]
