@@ -631,10 +631,18 @@ fn run(
     });
     let (result, trace) = rx
         .recv_timeout(RUN + Duration::from_secs(5))
-        .unwrap_or_else(|_| panic!("{test}: the browser thread did not finish"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{test}: no result from the browser thread ({e}; a panic there is printed above)"
+            )
+        });
     let result = result.map_err(|e| {
         format!(
-            "{e}\nbrowser: {trace:#?}\n--- dev-nat conntrack:\n{}--- br-nat conntrack:\n{}--- intrustd stderr:\n{}\n--- coturn log (tail):\n{}",
+            "{e}\nbrowser: {trace:#?}\n\
+             --- dev-nat conntrack:\n{}\
+             --- br-nat conntrack:\n{}\
+             --- intrustd stderr:\n{}\n\
+             --- coturn log (tail):\n{}",
             net.dev_nat.read_proc("net/nf_conntrack"),
             net.br_nat.read_proc("net/nf_conntrack"),
             std::fs::read_to_string(dir.path().join("intrustd.stderr")).unwrap_or_default(),
