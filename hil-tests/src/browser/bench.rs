@@ -564,3 +564,42 @@ pub fn table(lines: &[BenchLine]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!((min(&[2.0, 1.0]), max(&[2.0, 1.0])), (1.0, 2.0));
+    }
+
+    #[test]
+    fn memory_of_this_process_is_read_from_proc() {
+        let m = memory(std::process::id()).unwrap();
+        assert!(m.rss_mib > 0.0 && m.rss_mib <= m.hwm_mib, "{m:?}");
+        assert!(memory(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn figures_carry_units_and_a_missing_one_says_why() {
+        let l = line("connect_rust_ms", Some(10.126), "ms", 20, "n".into());
+        assert_eq!(
+            (l.metric, l.value, l.better),
+            ("connect_rust_ms", Some(10.13), "lower")
+        );
+        let m = missing("chromium_upload_mbps", "Chromium did not start\nmore");
+        assert_eq!(
+            (m.metric, m.unit, m.better),
+            ("chromium_upload_mbps", "MB/s", "higher")
+        );
+        assert_eq!((m.value, m.runs), (None, 0));
+        assert_eq!(m.note, "not measured: Chromium did not start");
+        let json: Value = serde_json::from_str(&m.to_string()).unwrap();
+        assert_eq!(json["value"], Value::Null);
+        assert_eq!(json["bench"], "tunnel");
+    }
+}
