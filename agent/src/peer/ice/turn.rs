@@ -27,6 +27,8 @@ const MAX_RTO: Duration = Duration::from_millis(1600);
 const PERMISSION_REFRESH: Duration = Duration::from_secs(240);
 /// Allocation lifetime asked for.
 const LIFETIME: u32 = 600;
+/// How long a refused permission is not asked for again.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
 /// Channel bindings last 600 s (RFC 8656 §12); refreshed a minute early.
 const CHANNEL_REFRESH: Duration = Duration::from_secs(540);
 /// Channel numbers (RFC 8656 §12: 0x4000 through 0x4FFF).
@@ -93,6 +95,11 @@ enum Permission {
     Installed {
         refresh_at: Instant,
         refreshing: bool,
+    },
+    /// The server refused it (e.g. 403 for a denied peer range): data for
+    /// the IP is dropped until `retry_at` instead of asking on every check.
+    Refused {
+        retry_at: Instant,
     },
 }
 
@@ -571,8 +578,18 @@ impl TurnClient {
                     t.request
                 )),
                 Request::CreatePermission { ip } => {
-                    tracing::warn!(%server, %ip, "TURN permission refused: {code} {reason}");
-                    self.permissions.remove(&ip);
+                    tracing::warn!(
+                        %server,
+                        %ip,
+                        "TURN permission refused: {code} {reason}; not asked again for {} s",
+                        REFUSED_RETRY.as_secs()
+                    );
+                    self.permissions.insert(
+                        ip,
+                        Permission::Refused {
+                            retry_at: now + REFUSED_RETRY,
+                        },
+                    );
                 }
                 Request::ChannelBind { peer, number } => {
                     tracing::debug!(%server, %peer, "TURN channel binding refused: {code} {reason}");
@@ -614,7 +631,8 @@ impl TurnClient {
                     queue.push((peer, data.to_vec()));
                 }
             }
-            None => {
+            Some(Permission::Refused { retry_at }) if now < *retry_at => {}
+            Some(Permission::Refused { .. }) | None => {
                 self.permissions
                     .insert(peer.ip(), Permission::Pending(vec![(peer, data.to_vec())]));
                 self.request(Request::CreatePermission { ip: peer.ip() }, now, 0);
@@ -908,6 +926,21 @@ mod tests {
             .map(|b| Message::decode(&b).unwrap().method)
             .collect();
         assert!(methods.contains(&Method::ChannelBind), "{methods:?}");
+    }
+
+    #[test]
+    fn a_refused_permission_is_not_asked_again_for_a_while() {
+        let now = Instant::now();
+        let mut c = allocate(now);
+        let peer: SocketAddr = "10.0.0.9:7000".parse().unwrap();
+        c.send_to(now, peer, b"x");
+        let perm = c.poll_transmit().unwrap();
+        c.handle_datagram(now, &challenge(&perm, 403, "n1"));
+        c.send_to(now + Duration::from_secs(1), peer, b"y");
+        assert_eq!(c.poll_transmit(), None);
+        c.send_to(now + REFUSED_RETRY, peer, b"z");
+        let m = Message::decode(&c.poll_transmit().unwrap()).unwrap();
+        assert_eq!(m.method, Method::CreatePermission);
     }
 
     #[test]
