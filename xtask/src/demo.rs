@@ -432,8 +432,9 @@ impl Demo {
         if peer {
             eprintln!("  Open {portal} in a browser, enter `{DEVICE}`, then open the app `{APP}`.");
             eprintln!(
-                "  Its page comes through the WebRTC tunnel: a click counter, a picture drawn\n  \
-                 from it, and the app's request count, updated every second."
+                "  Everything on its page comes through the WebRTC tunnel: the style sheet,\n  \
+                 script and picture, a click counter (XMLHttpRequest, fetch and a WebSocket)\n  \
+                 and a guest book form whose cookie the page greets you by."
             );
             if !registered {
                 eprintln!(
