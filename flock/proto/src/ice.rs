@@ -6,14 +6,25 @@
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A STUN or TURN server with optional (short-lived) credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A STUN or TURN server with optional (short-lived) credentials. Its
+/// `Debug` hides the credential, so logs and test failures never show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct IceServer {
     pub urls: Vec<String>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub credential: Option<String>,
+}
+
+impl std::fmt::Debug for IceServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceServer")
+            .field("urls", &self.urls)
+            .field("username", &self.username)
+            .field("credential", &self.credential.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 impl Serialize for IceServer {
@@ -41,6 +52,21 @@ impl Serialize for IceServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_the_credential() {
+        let turn = IceServer {
+            urls: vec!["turn:example.test:3478".into()],
+            username: Some("1700000000:ab".into()),
+            credential: Some("s3cret-credential".into()),
+        };
+        let shown = format!("{turn:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("<hidden>") && shown.contains("1700000000:ab"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn json_omits_missing_credentials() {
