@@ -221,7 +221,7 @@ pub async fn serve(
             None
         }
     };
-    let mut peer_count = peer.as_ref().map(|p| p.watch_count());
+    let mut peer_count = peer.as_ref().map(|p| p.watch_connected());
     let mut insecure_warning = (options.insecure_open && peer.is_some()).then(|| {
         let mut i = tokio::time::interval_at(
             tokio::time::Instant::now() + INSECURE_WARNING_EVERY,
@@ -517,7 +517,7 @@ fn status(
         peers: fixed
             .peer
             .as_ref()
-            .map(|p| u32::try_from(*p.watch_count().borrow()).unwrap_or(u32::MAX)),
+            .map(|p| u32::try_from(*p.watch_connected().borrow()).unwrap_or(u32::MAX)),
     }
 }
 

@@ -357,3 +357,45 @@ async fn without_insecure_open_the_browser_is_refused_with_the_reason() {
     assert!(!agent.stderr().contains("INSECURE"), "{}", agent.stderr());
     assert!(agent.terminate().success(), "{}", agent.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_ice_never_connects_is_listed_but_not_a_connected_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let flock_proc = start_flock(dir.path());
+    let flock = flock_proc.addr;
+    let app = start_app().await;
+    let mut agent = Agent::start(flock, app.addr, true).await;
+    timeout(Duration::from_secs(30), async {
+        // A browser that offers, gets its answer, then vanishes: its socket
+        // closes with the offer, so no ICE check is ever answered.
+        let engine = Str0mEngine::new(Str0mConfig::default());
+        let pending = engine.create_offer("control").unwrap();
+        let (_ws, reply) = signal_offer(flock, pending.offer_sdp()).await;
+        assert!(matches!(reply, FlockToBrowser::Answer { .. }), "{reply:?}");
+        drop(pending);
+
+        let mut c = ControlClient::connect(agent.control()).await.unwrap();
+        let t0 = Instant::now();
+        loop {
+            let (_, sessions) = c.peers().await.unwrap();
+            if sessions.len() == 1 {
+                assert!(!sessions[0].connected, "{sessions:?}");
+                break;
+            }
+            assert!(t0.elapsed() < T, "the session is not listed: {sessions:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // For a while (ICE gives up later): no connected peer, link LED off.
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(1500) {
+            let s = c.status().await.unwrap();
+            assert_eq!(s.peers, Some(0), "{s:?}");
+            assert_eq!(s.leds[&LedRole::Link], LedPattern::Off, "{s:?}");
+            assert_ne!(s.state, StateName::PeerConnected, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("test finished in time");
+    assert!(agent.terminate().success(), "{}", agent.stderr());
+}

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 
-use super::engine::{PeerEngine, Session, SessionStats};
+use super::engine::{PeerEngine, Session, SessionEvent, SessionStats};
 use super::tunnel::{serve_session, TunnelConfig};
 use crate::rendezvous::{SignallingCommand, SignallingEvent};
 
@@ -61,15 +61,30 @@ pub struct SessionInfo {
     pub stats: SessionStats,
 }
 
-/// Host id → (flock's session id, start, session).
-type Live = BTreeMap<u64, (u64, Instant, Arc<dyn Session>)>;
+/// One session the host serves.
+struct Entry {
+    /// flock's session id.
+    signalling: u64,
+    started: Instant,
+    session: Arc<dyn Session>,
+    /// ICE and DTLS came up (a session still negotiating, or one whose
+    /// ICE never connects, is not a connected peer).
+    connected: bool,
+}
+
+/// Host id → its entry.
+type Live = BTreeMap<u64, Entry>;
 
 /// The sessions that are up, shared between the host and whoever reports
-/// them (the daemon's status). Cheap to clone.
+/// them (the daemon's status). Cheap to clone. Two counts are watched:
+/// every session served (`watch_count`, for shutdown) and the connected
+/// ones (`watch_connected`, what the appliance state and the link LED
+/// show).
 #[derive(Clone)]
 pub struct LiveSessions {
     sessions: Arc<Mutex<Live>>,
     count: Arc<watch::Sender<usize>>,
+    connected: Arc<watch::Sender<usize>>,
 }
 
 impl LiveSessions {
@@ -77,6 +92,7 @@ impl LiveSessions {
         LiveSessions {
             sessions: Default::default(),
             count: Arc::new(watch::channel(0).0),
+            connected: Arc::new(watch::channel(0).0),
         }
     }
 
@@ -84,22 +100,43 @@ impl LiveSessions {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn insert(&self, id: u64, signalling: u64, session: Arc<dyn Session>) {
-        let n = {
+    /// Applies `change` and publishes both counts.
+    fn update(&self, change: impl FnOnce(&mut Live)) {
+        let (all, connected) = {
             let mut s = self.lock();
-            s.insert(id, (signalling, Instant::now(), session));
-            s.len()
+            change(&mut s);
+            (s.len(), s.values().filter(|e| e.connected).count())
         };
-        self.count.send_replace(n);
+        self.count.send_replace(all);
+        self.connected.send_replace(connected);
+    }
+
+    fn insert(&self, id: u64, signalling: u64, session: Arc<dyn Session>) {
+        self.update(|s| {
+            s.insert(
+                id,
+                Entry {
+                    signalling,
+                    started: Instant::now(),
+                    session,
+                    connected: false,
+                },
+            );
+        });
+    }
+
+    fn mark_connected(&self, id: u64) {
+        self.update(|s| {
+            if let Some(e) = s.get_mut(&id) {
+                e.connected = true;
+            }
+        });
     }
 
     fn remove(&self, id: u64) {
-        let n = {
-            let mut s = self.lock();
+        self.update(|s| {
             s.remove(&id);
-            s.len()
-        };
-        self.count.send_replace(n);
+        });
     }
 
     /// The live sessions with their current counters, oldest first.
@@ -107,7 +144,7 @@ impl LiveSessions {
         let sessions: Vec<_> = self
             .lock()
             .iter()
-            .map(|(id, (sig, started, s))| (*id, *sig, *started, s.clone()))
+            .map(|(id, e)| (*id, e.signalling, e.started, e.session.clone()))
             .collect();
         // Stats take each session's own lock: not under ours.
         sessions
@@ -123,15 +160,20 @@ impl LiveSessions {
 
     /// Closes every live session (shutdown); each leaves the list as it ends.
     pub fn close_all(&self) {
-        let sessions: Vec<_> = self.lock().values().map(|(_, _, s)| s.clone()).collect();
+        let sessions: Vec<_> = self.lock().values().map(|e| e.session.clone()).collect();
         for s in sessions {
             s.close();
         }
     }
 
-    /// The number of live sessions, updated on every change.
+    /// The number of sessions served (connected or not), on every change.
     pub fn watch_count(&self) -> watch::Receiver<usize> {
         self.count.subscribe()
+    }
+
+    /// The number of connected sessions, on every change.
+    pub fn watch_connected(&self) -> watch::Receiver<usize> {
+        self.connected.subscribe()
     }
 }
 
@@ -258,8 +300,23 @@ impl PeerHost {
         active.fetch_add(1, Ordering::Relaxed);
         live.insert(id, session, accepted.session.clone());
         tracing::info!(id, session, "peer session started");
+        let mut events = accepted.events;
         tokio::spawn(async move {
-            serve_session(tunnel, accepted.events).await;
+            // The tunnel gets every event; the live list learns when the
+            // session has connected.
+            let (tx, rx) = mpsc::unbounded_channel();
+            let forward = async {
+                while let Some(ev) = events.recv().await {
+                    if matches!(ev, SessionEvent::Connected) {
+                        live.mark_connected(id);
+                    }
+                    if tx.send(ev).is_err() {
+                        break;
+                    }
+                }
+                drop(tx);
+            };
+            tokio::join!(serve_session(tunnel, rx), forward);
             active.fetch_sub(1, Ordering::Relaxed);
             live.remove(id);
             tracing::info!(id, session, "peer session over");

@@ -79,9 +79,10 @@ impl PeerService {
         })
     }
 
-    /// The number of live sessions, updated on every change.
-    pub fn watch_count(&self) -> watch::Receiver<usize> {
-        self.live.watch_count()
+    /// The number of connected sessions (ICE and DTLS up), updated on
+    /// every change: what the appliance state and the link LED show.
+    pub fn watch_connected(&self) -> watch::Receiver<usize> {
+        self.live.watch_connected()
     }
 
     /// The flock link, for status.
