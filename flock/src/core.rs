@@ -26,7 +26,7 @@ use flock_proto::{DeviceName, IceServer, MAX_MESSAGE};
 
 use crate::rate::TokenBucket;
 use crate::registry::{Binding, Registry};
-use crate::turn;
+use flock_proto::turn;
 
 /// Identifies one transport connection (chosen by the shell, never reused).
 pub type ConnId = u64;

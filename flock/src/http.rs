@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
 
-use crate::turn::base64;
+use flock_proto::turn::base64;
 
 /// Largest request head flock reads.
 pub const MAX_HEAD: usize = 8 * 1024;

@@ -15,6 +15,5 @@ pub mod http;
 pub mod rate;
 pub mod registry;
 pub mod server;
-pub mod turn;
 
 pub use flock_proto as proto;

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::hmac;
 use flock_proto::IceServer;
 
 /// How long coturn may take to answer its first STUN request.
@@ -241,37 +240,9 @@ impl Coturn {
 }
 
 /// coturn's `use-auth-secret` credentials: username `EXPIRY:HEX(random)`,
-/// credential `base64(HMAC-SHA1(secret, username))`.
+/// credential `base64(HMAC-SHA1(secret, username))` (flock's own code).
 pub fn rest_credentials(secret: &[u8], expiry_unix: u64, random: &[u8]) -> (String, String) {
-    let mut username = format!("{expiry_unix}:");
-    for b in random {
-        username.push_str(&format!("{b:02x}"));
-    }
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
-    let credential = base64(hmac::sign(&key, username.as_bytes()).as_ref());
-    (username, credential)
-}
-
-/// Standard base64 with padding (RFC 4648).
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    flock_proto::turn::credentials(secret, expiry_unix, random)
 }
 
 /// Sends one STUN Binding request (RFC 5389) from a fresh socket and

@@ -11,6 +11,7 @@ pub mod device;
 mod ice;
 pub mod identity;
 mod name;
+pub mod turn;
 
 pub use ice::IceServer;
 pub use name::{DeviceName, NameError};

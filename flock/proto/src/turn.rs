@@ -1,7 +1,8 @@
 //! TURN credentials in coturn's `use-auth-secret` (TURN REST API) scheme:
 //! username `EXPIRY:RANDOM` (unix seconds), credential
-//! `base64(HMAC-SHA1(secret, username))`. Invariant: flock only mints
-//! credentials; it never relays media itself.
+//! `base64(HMAC-SHA1(secret, username))`. flock mints them for devices
+//! and browsers (it never relays media itself); tests mint their own for
+//! the coturn they start.
 
 use aws_lc_rs::hmac;
 
