@@ -335,30 +335,10 @@ impl RawPeer {
 
 /// A non-blocking loopback UDP socket with the engine's 4 MiB buffers.
 fn raw_socket() -> Result<UdpSocket> {
-    use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
-    use std::os::fd::AsRawFd;
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(SockProtocol::UDP))?;
-    let size: libc::c_int = 4 << 20;
-    for (plain, force) in [
-        (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE),
-        (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE),
-    ] {
-        for option in [plain, force] {
-            // SAFETY: a valid fd and a pointer to a c_int of the stated length.
-            unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    option,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-    Ok(socket.into())
+    Ok(intrust_agent::peer::udp::bind_std(SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    )))?)
 }
 
 /// Whether `socket` becomes readable within `ms` milliseconds.

@@ -30,7 +30,9 @@ use tokio_tungstenite::WebSocketStream;
 const T: Duration = Duration::from_secs(15);
 
 mod common;
-use common::app::{get, http, pattern, sha256_hex, start_app, DOWNLOAD, PAGE, UPLOAD};
+use common::app::{
+    concurrent_pages, get, http, pattern, sha256_hex, start_app, DOWNLOAD, PAGE, UPLOAD,
+};
 
 /// A child process killed when dropped.
 struct Proc(Child);
@@ -261,23 +263,7 @@ async fn browser_reaches_the_app_through_flock_and_the_tunnel() {
         );
 
         // 100 concurrent requests, each on its own channel.
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..100 {
-            let session = browser.session.clone();
-            tasks.spawn(async move {
-                let (mut c, _conn) = http(&*session, "hello").await;
-                let resp = c.send_request(get(&format!("/page?{i}"))).await.unwrap();
-                assert_eq!(resp.status(), StatusCode::OK);
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(body, PAGE.as_bytes());
-            });
-        }
-        let mut done = 0;
-        while let Some(r) = tasks.join_next().await {
-            r.unwrap();
-            done += 1;
-        }
-        assert_eq!(done, 100);
+        concurrent_pages(browser.session.clone(), "hello", 100).await;
 
         // Cancellation: dropping the connection (closing its channel) ends
         // the app's side of the request.

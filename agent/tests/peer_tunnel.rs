@@ -21,7 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 mod common;
-use common::app::{get, pattern, sha256_hex, start_app, App, DOWNLOAD, PAGE, UPLOAD};
+use common::app::{
+    concurrent_pages, get, pattern, sha256_hex, start_app, App, DOWNLOAD, PAGE, UPLOAD,
+};
 
 /// A browser connected to a device session serving the tunnel.
 struct Browser {
@@ -199,24 +201,8 @@ async fn download_64_mib_and_upload_32_mib_checksums() {
 async fn hundred_concurrent_channels() {
     timeout(Duration::from_secs(30), async {
         let app = start_app().await;
-        let browser = Arc::new(connect(&app).await);
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..100 {
-            let browser = browser.clone();
-            tasks.spawn(async move {
-                let (mut demo, _t) = browser.http("demo").await;
-                let resp = demo.send_request(get(&format!("/page?{i}"))).await.unwrap();
-                assert_eq!(resp.status(), StatusCode::OK);
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(body, PAGE.as_bytes());
-            });
-        }
-        let mut done = 0;
-        while let Some(r) = tasks.join_next().await {
-            r.unwrap();
-            done += 1;
-        }
-        assert_eq!(done, 100);
+        let browser = connect(&app).await;
+        concurrent_pages(browser.session.clone(), "demo", 100).await;
     })
     .await
     .expect("test finished in time");

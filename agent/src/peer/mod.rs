@@ -27,4 +27,4 @@ pub mod service;
 pub mod str0m_engine;
 pub mod stream;
 pub mod tunnel;
-mod udp;
+pub mod udp;

@@ -13,11 +13,17 @@ pub(crate) const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// SO_RCVBUF/SO_SNDBUF at `net.core.{r,w}mem_max`; with CAP_NET_ADMIN the
 /// FORCE variants go past it. Falling short is logged, not fatal.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::from_std(bind_std(addr)?)
+}
+
+/// [`bind`]'s socket as a non-blocking std socket (for code outside a
+/// tokio runtime, e.g. the tunnel benchmark's raw str0m baseline).
+pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     set_buffers(&socket);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 fn set_buffers(socket: &Socket) {

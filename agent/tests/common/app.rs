@@ -224,3 +224,29 @@ pub fn get(path: &str) -> Request<Full<Bytes>> {
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
+
+/// `n` concurrent `GET /page?i` to `app`, each on its own channel of
+/// `session`; every one must answer the page.
+pub async fn concurrent_pages(
+    session: Arc<dyn intrust_agent::peer::engine::Session>,
+    app: &'static str,
+    n: usize,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let session = session.clone();
+        tasks.spawn(async move {
+            let (mut c, _conn) = http(&*session, app).await;
+            let resp = c.send_request(get(&format!("/page?{i}"))).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, PAGE.as_bytes());
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+        done += 1;
+    }
+    assert_eq!(done, n);
+}
