@@ -632,6 +632,18 @@ async fn resolve(servers: Vec<IceServer>, family: SocketAddr) -> Vec<gather::Ser
                 tracing::warn!("ICE server {parsed} has no address of the session's IP version");
                 continue;
             };
+            // One socket can hold one allocation per TURN server (a
+            // second Allocate on the same 5-tuple is refused), and one
+            // probe per STUN server is enough: URLs naming the same
+            // address again are left out.
+            let turn = matches!(parsed, IceUrl::Turn { .. });
+            if out.iter().any(|s| match s {
+                gather::Server::Stun(a) => !turn && *a == addr,
+                gather::Server::Turn { addr: a, .. } => turn && *a == addr,
+            }) {
+                tracing::debug!("ICE server {parsed} skipped: its address is listed already");
+                continue;
+            }
             out.push(match parsed {
                 IceUrl::Stun { .. } => gather::Server::Stun(addr),
                 IceUrl::Turn { .. } => match (&server.username, &server.credential) {
@@ -742,7 +754,14 @@ async fn drive(
         }
         let now = Instant::now();
         for t in transmits.drain(..) {
-            if gatherer.relay_send(now, t.source, t.destination, &t.data) {
+            // Anything not from the socket's own address (host, and srflx
+            // whose base it is) belongs to a relayed candidate: it goes
+            // through its allocation or nowhere, never straight out, which
+            // would reveal this address to a relay-only peer.
+            if t.source != local {
+                if !gatherer.relay_send(now, t.source, t.destination, &t.data) {
+                    tracing::trace!(source = %t.source, "dropped a send from a relay that is gone");
+                }
                 continue;
             }
             if let Err(e) = socket.send_to(&t.data, t.destination).await {

@@ -35,6 +35,17 @@ const CHANNEL_REFRESH: Duration = Duration::from_secs(540);
 const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
 /// Datagrams kept per peer while its permission is being installed.
 const QUEUED_PER_PEER: usize = 16;
+/// After an unanswered refresh (allocation, permission or channel), the
+/// next try comes this much later, for as long as what it refreshes has
+/// not expired: one lost exchange (or a few seconds of the session not
+/// reading its socket) does not throw away a working relay.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+/// How long before expiry a permission (300 s) or channel (600 s) is
+/// refreshed: expiry = `refresh_at` + this.
+const REFRESH_EARLY: Duration = Duration::from_secs(60);
+/// Shortest allocation lifetime honoured (a server answering 0 or 1 s
+/// would otherwise be refreshed in a tight loop).
+const MIN_LIFETIME: Duration = Duration::from_secs(30);
 /// 438 Stale Nonce retries per request.
 const NONCE_RETRIES: u8 = 3;
 /// REQUESTED-TRANSPORT: UDP.
@@ -125,6 +136,8 @@ pub struct TurnClient {
     state: State,
     relayed: Option<SocketAddr>,
     refresh_at: Option<Instant>,
+    /// When the allocation expires unless refreshed.
+    expires_at: Option<Instant>,
     transactions: HashMap<TransactionId, Transaction>,
     permissions: HashMap<IpAddr, Permission>,
     channels: HashMap<SocketAddr, Channel>,
@@ -193,6 +206,7 @@ impl TurnClient {
             state: State::Allocating,
             relayed: None,
             refresh_at: None,
+            expires_at: None,
             transactions: HashMap::new(),
             permissions: HashMap::new(),
             channels: HashMap::new(),
@@ -273,7 +287,7 @@ impl TurnClient {
         }
         for id in expired {
             if let Some(t) = self.transactions.remove(&id) {
-                self.timed_out(t.request);
+                self.timed_out(now, t.request);
             }
         }
         if self.state != State::Allocated {
@@ -320,7 +334,7 @@ impl TurnClient {
         }
     }
 
-    fn timed_out(&mut self, request: Request) {
+    fn timed_out(&mut self, now: Instant, request: Request) {
         let server = self.server;
         match request {
             Request::Allocate => self.fail(format!(
@@ -329,16 +343,42 @@ impl TurnClient {
             )),
             Request::Refresh { lifetime: 0 } => {}
             Request::Refresh { .. } => {
-                self.fail(format!("TURN server {server} stopped answering refreshes"))
+                if self.expires_at.is_some_and(|e| now + REFRESH_RETRY < e) {
+                    tracing::debug!(%server, "TURN refresh unanswered; trying again");
+                    self.refresh_at = Some(now + REFRESH_RETRY);
+                } else {
+                    self.fail(format!("TURN server {server} stopped answering refreshes"))
+                }
             }
-            Request::CreatePermission { ip } => {
-                tracing::debug!(%server, %ip, "TURN permission request timed out");
-                self.permissions.remove(&ip);
-            }
-            Request::ChannelBind { peer, number } => {
-                tracing::debug!(%server, %peer, "TURN channel binding timed out");
-                self.unbind(peer, number);
-            }
+            Request::CreatePermission { ip } => match self.permissions.get_mut(&ip) {
+                Some(Permission::Installed {
+                    refresh_at,
+                    refreshing,
+                }) if now + REFRESH_RETRY < *refresh_at + REFRESH_EARLY => {
+                    tracing::debug!(%server, %ip, "TURN permission refresh unanswered; trying again");
+                    *refresh_at = now + REFRESH_RETRY;
+                    *refreshing = false;
+                }
+                _ => {
+                    tracing::debug!(%server, %ip, "TURN permission request timed out");
+                    self.permissions.remove(&ip);
+                }
+            },
+            Request::ChannelBind { peer, number } => match self.channels.get_mut(&peer) {
+                Some(Channel::Bound {
+                    refresh_at,
+                    refreshing,
+                    ..
+                }) if now + REFRESH_RETRY < *refresh_at + REFRESH_EARLY => {
+                    tracing::debug!(%server, %peer, "TURN channel refresh unanswered; trying again");
+                    *refresh_at = now + REFRESH_RETRY;
+                    *refreshing = false;
+                }
+                _ => {
+                    tracing::debug!(%server, %peer, "TURN channel binding timed out");
+                    self.unbind(peer, number);
+                }
+            },
         }
     }
 
@@ -458,6 +498,22 @@ impl TurnClient {
             }
             self.on_success(now, t.request, &message);
         } else {
+            // An error answering an authenticated request that carries a
+            // MESSAGE-INTEGRITY must verify (RFC 8489 §9.2.5), except the
+            // 401 and 438 challenges. One without any is taken: servers
+            // (coturn among them) often send 403 and the like bare.
+            let code = message.error_code().map(|(c, _)| c);
+            let challenge = matches!(code, Some(401 | 438));
+            if let (true, false, Some(key)) = (t.authenticated, challenge, &self.key) {
+                match stun::verify_integrity(bytes, &message, key) {
+                    Ok(()) | Err(stun::StunError::NoIntegrity) => {}
+                    Err(e) => {
+                        tracing::debug!(server = %self.server, "dropped a TURN error response: {e}");
+                        self.transactions.insert(message.transaction, t);
+                        return Incoming::Consumed;
+                    }
+                }
+            }
             self.on_error(now, t, &message);
         }
         Incoming::Consumed
@@ -536,9 +592,10 @@ impl TurnClient {
             })
             .unwrap_or(LIFETIME);
         // A minute early, or halfway for short lifetimes.
-        let lifetime = Duration::from_secs(lifetime.into());
-        let early = Duration::from_secs(60).min(lifetime / 2);
+        let lifetime = Duration::from_secs(lifetime.into()).max(MIN_LIFETIME);
+        let early = REFRESH_EARLY.min(lifetime / 2);
         self.refresh_at = Some(now + lifetime - early);
+        self.expires_at = Some(now + lifetime);
     }
 
     fn on_error(&mut self, now: Instant, t: Transaction, message: &Message) {
@@ -926,6 +983,88 @@ mod tests {
             .map(|b| Message::decode(&b).unwrap().method)
             .collect();
         assert!(methods.contains(&Method::ChannelBind), "{methods:?}");
+    }
+
+    /// Drains what the client sends; returns the methods.
+    fn sent(c: &mut TurnClient) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| c.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn an_unanswered_refresh_is_tried_again_until_the_allocation_expires() {
+        let now = Instant::now();
+        let mut c = allocate(now);
+        while c.poll_event().is_some() {}
+        // The refresh goes out a minute early and gets no answer.
+        let mut t = now + Duration::from_secs(540);
+        c.handle_timeout(t);
+        assert!(sent(&mut c)
+            .iter()
+            .any(|b| Message::decode(b).unwrap().method == Method::Refresh));
+        t += REQUEST_TIMEOUT;
+        c.handle_timeout(t);
+        assert_eq!(
+            c.relayed(),
+            Some(RELAYED.parse().unwrap()),
+            "not failed yet"
+        );
+        assert!(c.poll_event().is_none());
+        // The next try is answered: the allocation lives on.
+        t += REFRESH_RETRY;
+        c.handle_timeout(t);
+        let retry = sent(&mut c)
+            .into_iter()
+            .find(|b| Message::decode(b).unwrap().method == Method::Refresh)
+            .expect("a second refresh");
+        c.handle_datagram(t, &success(&retry));
+        assert_eq!(c.relayed(), Some(RELAYED.parse().unwrap()));
+        assert!(c.poll_event().is_none());
+        // Unanswered from then on: it fails once the allocation (600 s
+        // from the last answer) has expired, not before.
+        let expiry = t + Duration::from_secs(600);
+        let mut now = t + Duration::from_secs(530);
+        let failed_at = loop {
+            now += Duration::from_secs(1);
+            c.handle_timeout(now);
+            sent(&mut c);
+            if let Some(TurnEvent::Failed(r)) = c.poll_event() {
+                assert!(r.contains("refreshes"), "{r}");
+                break now;
+            }
+            assert!(now < expiry + Duration::from_secs(30), "never failed");
+        };
+        assert!(
+            failed_at >= expiry - REFRESH_RETRY
+                && failed_at <= expiry + REQUEST_TIMEOUT + REFRESH_RETRY,
+            "failed {:?} after the last answer",
+            failed_at - t
+        );
+    }
+
+    #[test]
+    fn an_error_with_a_wrong_integrity_is_dropped() {
+        let now = Instant::now();
+        let mut c = allocate(now);
+        while c.poll_event().is_some() {}
+        let peer: SocketAddr = "203.0.113.9:7000".parse().unwrap();
+        c.send_to(now, peer, b"x");
+        let perm = c.poll_transmit().unwrap();
+        let m = Message::decode(&perm).unwrap();
+        let forged = Encoder::new(Class::Error, m.method, m.transaction)
+            .raw(attr::ERROR_CODE, &[0, 0, 4, 3, b'x'])
+            .finish(Some(&[7u8; 16]), true);
+        assert_eq!(c.handle_datagram(now, &forged), Incoming::Consumed);
+        // Still waiting: the real success installs the permission and the
+        // queued datagram goes out.
+        c.handle_datagram(now, &success(&perm));
+        let out = sent(&mut c);
+        assert!(
+            out.iter().any(|b| b.starts_with(&[0x40])
+                || Message::decode(b)
+                    .is_ok_and(|m| m.method == Method::Send || m.method == Method::ChannelBind)),
+            "the permission was installed after all: {} datagrams",
+            out.len()
+        );
     }
 
     #[test]
