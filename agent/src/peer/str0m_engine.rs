@@ -836,7 +836,7 @@ async fn drive(
             }
         }
     };
-    tracing::debug!(%local, "session ended: {reason}");
+    tracing::info!(%local, "session ended: {reason}");
     shared.lock().end();
     // Release TURN allocations (one datagram each, unanswered or not).
     gatherer.close(Instant::now());
