@@ -4,7 +4,7 @@
 // response body being cancelled), so one channel per request keeps
 // cancellation exact; a keep-alive pool is a later optimisation.
 
-import type { ChannelStream } from "./channel-stream.ts";
+import { ChannelClosedError, type ChannelStream } from "./channel-stream.ts";
 import {
   encodeChunk,
   encodeRequestHead,
@@ -145,6 +145,33 @@ async function writeBody(ch: ChannelStream, body: Body): Promise<void> {
   }
 }
 
+/** Channel opens tried per request (see openFresh). */
+export const OPEN_ATTEMPTS = 3;
+
+/**
+ * A fresh channel to `app`, open. A channel that closes before it opens has
+ * carried nothing, so another is tried (at most OPEN_ATTEMPTS in all):
+ * rarely the device's SCTP stack drops a new stream before acknowledging
+ * it (seen with Chromium), and a request must not fail for that.
+ */
+export async function openFresh(open: OpenChannel, app: string, signal: AbortSignal | null = null): Promise<ChannelStream> {
+  for (let attempt = 1; ; attempt++) {
+    if (signal?.aborted) throw abortError(signal);
+    const ch = await open(app);
+    const onAbort = (): void => ch.close();
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      await ch.opened();
+      return ch;
+    } catch (e) {
+      if (signal?.aborted) throw abortError(signal);
+      if (!(e instanceof ChannelClosedError) || attempt >= OPEN_ATTEMPTS) throw e;
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+  }
+}
+
 /**
  * Send one request on a fresh channel and return the Response as soon as its
  * head has arrived; the body streams from the channel. `onHead` sees the
@@ -152,8 +179,7 @@ async function writeBody(ch: ChannelStream, body: Body): Promise<void> {
  */
 export async function exchange(open: OpenChannel, app: string, req: TunnelRequest, onHead?: (head: ResponseHead) => void): Promise<Response> {
   const { signal } = req;
-  if (signal?.aborted) throw abortError(signal);
-  const ch = await open(app);
+  const ch = await openFresh(open, app, signal);
   const onAbort = (): void => ch.close();
   signal?.addEventListener("abort", onAbort, { once: true });
   const reader = ch.readable.getReader();

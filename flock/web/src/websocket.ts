@@ -6,7 +6,7 @@
 import type { CookieJar } from "./cookies.ts";
 import type { ChannelStream } from "./channel-stream.ts";
 import { encodeRequestHead, headerValue, HttpError, ResponseParser } from "./http1.ts";
-import { targetOf } from "./fetch.ts";
+import { openFresh, targetOf } from "./fetch.ts";
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -227,9 +227,13 @@ export class TunnelWebSocket extends EventTarget {
 
   private async run(): Promise<void> {
     try {
-      const ch = await this.open();
+      // A channel that closes before it opens is replaced (see openFresh).
+      const ch = await openFresh(() => this.open(), this.app);
       this.ch = ch;
-      await ch.opened();
+      if (this.finished) {
+        ch.close();
+        return;
+      }
       const key = base64(randomBytes(16));
       const headers: Array<[string, string]> = [
         ["host", this.app],

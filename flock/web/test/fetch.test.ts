@@ -215,4 +215,35 @@ describe("tunnelFetch", () => {
     assert.match(srv.requests[4]!, /\r\ncookie: mine=1\r\n/, "an explicit Cookie header wins");
     assert.equal(jar.size, 1, "the malformed Set-Cookie was ignored");
   });
+
+  it("replaces a channel that closes before it opens, a few times at most", async () => {
+    let closeFirst = 2;
+    const opened: FakeChannel[] = [];
+    const open = (app: string): ChannelStream => {
+      const ch = new FakeChannel(`http/1.1 ${app}`);
+      opened.push(ch);
+      const s = new ChannelStream(ch);
+      if (closeFirst > 0) {
+        closeFirst--;
+        queueMicrotask(() => ch.remoteClose());
+        return s;
+      }
+      const origSend = ch.send.bind(ch);
+      ch.send = (d: Uint8Array) => {
+        origSend(d);
+        if (ch.sentText().includes("\r\n\r\n")) queueMicrotask(() => ch.deliver(te.encode("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")));
+      };
+      queueMicrotask(() => ch.open());
+      return s;
+    };
+    const resp = await tunnelFetch(open, "a", "/", { method: "POST", body: "x" });
+    assert.equal(await resp.text(), "ok");
+    assert.equal(opened.length, 3, "two replaced, the third carried the request");
+    assert.equal(opened[0]!.sent.length + opened[1]!.sent.length, 0, "nothing was sent on the closed ones");
+
+    closeFirst = 10;
+    opened.length = 0;
+    await assert.rejects(tunnelFetch(open, "a", "/"), /closed before it opened/);
+    assert.equal(opened.length, 3, "gives up after three");
+  });
 });
