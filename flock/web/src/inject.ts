@@ -33,9 +33,15 @@ function insideComment(html: string, index: number): boolean {
   return close < 0 || close > index;
 }
 
-/** Whether a response with this status and Content-Type is a page to rewrite. */
+/**
+ * Whether a response with this status and Content-Type is a page to
+ * rewrite. The page is decoded and re-encoded as UTF-8, so one that names
+ * another charset is left as it is.
+ */
 export function isHtmlPage(status: number, contentType: string | null): boolean {
   if (status < 200 || status >= 300 || status === 204) return false;
-  const type = (contentType ?? "").split(";")[0]!.trim().toLowerCase();
-  return type === "text/html" || type === "application/xhtml+xml";
+  const [type = "", ...params] = (contentType ?? "").split(";").map((p) => p.trim().toLowerCase());
+  if (type !== "text/html" && type !== "application/xhtml+xml") return false;
+  const charset = params.find((p) => p.startsWith("charset="))?.slice("charset=".length).replace(/"/g, "");
+  return charset === undefined || charset === "utf-8" || charset === "utf8";
 }

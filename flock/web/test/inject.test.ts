@@ -32,5 +32,7 @@ describe("injectScript", () => {
     assert.ok(!isHtmlPage(404, "text/html"));
     assert.ok(!isHtmlPage(204, "text/html"));
     assert.ok(!isHtmlPage(304, "text/html"));
+    assert.ok(isHtmlPage(200, 'text/html; charset="UTF-8"'));
+    assert.ok(!isHtmlPage(200, "text/html; charset=iso-8859-1"), "re-encoding would garble it");
   });
 });
