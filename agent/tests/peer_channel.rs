@@ -3,19 +3,15 @@
 //! sender's shutdown, and the throughput is printed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use intrust_agent::peer::engine::{ChannelIo, PeerEngine, SessionEvent};
 use intrust_agent::peer::str0m_engine::{Str0mConfig, Str0mEngine};
-use intrust_agent::peer::stream::ChannelStream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-const SIZE: usize = 16 * 1024 * 1024;
+mod common;
 
-fn byte_at(i: usize) -> u8 {
-    (i % 251) as u8
-}
+const SIZE: usize = 16 * 1024 * 1024;
 
 async fn pair() -> (Arc<dyn ChannelIo>, Arc<dyn ChannelIo>) {
     let engine = Str0mEngine::new(Str0mConfig::default());
@@ -41,33 +37,11 @@ async fn pair() -> (Arc<dyn ChannelIo>, Arc<dyn ChannelIo>) {
     (first.open().await.unwrap(), device_side)
 }
 
+/// The pattern over the channel, checked, with the throughput printed.
 async fn transfer(from: Arc<dyn ChannelIo>, to: Arc<dyn ChannelIo>, what: &str) {
-    let started = Instant::now();
-    let writer = tokio::spawn(async move {
-        let mut s = ChannelStream::new(from);
-        let data: Vec<u8> = (0..SIZE).map(byte_at).collect();
-        // Odd-sized writes: the stream slices them into ≤ 64 KiB messages.
-        for chunk in data.chunks(100_003) {
-            s.write_all(chunk).await.unwrap();
-        }
-        s.shutdown().await.unwrap();
-    });
-    let mut reader = ChannelStream::new(to);
-    let mut buf = vec![0u8; 50_000];
-    let mut got = 0;
-    loop {
-        let n = reader.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        for (k, b) in buf[..n].iter().enumerate() {
-            assert_eq!(*b, byte_at(got + k), "byte {} differs", got + k);
-        }
-        got += n;
-    }
-    assert_eq!(got, SIZE, "EOF only after every byte");
-    writer.await.unwrap();
-    let secs = started.elapsed().as_secs_f64();
+    let secs = common::transfer::transfer(from, to, SIZE)
+        .await
+        .as_secs_f64();
     println!(
         "data channel {what}: {} MiB in {secs:.2} s = {:.1} MB/s",
         SIZE >> 20,

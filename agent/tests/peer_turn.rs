@@ -16,8 +16,6 @@ use intrust_agent::peer::engine::{
 };
 use intrust_agent::peer::ice::gather::{self, Gathered, Gatherer};
 use intrust_agent::peer::str0m_engine::{Str0mConfig, Str0mEngine};
-use intrust_agent::peer::stream::ChannelStream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -180,34 +178,8 @@ async fn gathering_ended(p: &Pair) {
     }
 }
 
-fn byte_at(i: usize) -> u8 {
-    (i % 251) as u8
-}
-
 async fn transfer(from: Arc<dyn ChannelIo>, to: Arc<dyn ChannelIo>) {
-    let writer = tokio::spawn(async move {
-        let mut s = ChannelStream::new(from);
-        let data: Vec<u8> = (0..SIZE).map(byte_at).collect();
-        for chunk in data.chunks(100_003) {
-            s.write_all(chunk).await.unwrap();
-        }
-        s.shutdown().await.unwrap();
-    });
-    let mut reader = ChannelStream::new(to);
-    let mut buf = vec![0u8; 50_000];
-    let mut got = 0;
-    loop {
-        let n = reader.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        for (k, b) in buf[..n].iter().enumerate() {
-            assert_eq!(*b, byte_at(got + k), "byte {} differs", got + k);
-        }
-        got += n;
-    }
-    assert_eq!(got, SIZE, "EOF only after every byte");
-    writer.await.unwrap();
+    common::transfer::transfer(from, to, SIZE).await;
 }
 
 fn turn_server(coturn: &Coturn, credential: Option<&str>) -> IceServer {

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod coturn;
 pub mod netns;
+pub mod transfer;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
