@@ -766,6 +766,24 @@ mod tests {
         Encoder::new(Class::Success, m.method, m.transaction).finish(Some(&key()), true)
     }
 
+    /// Drains what the client sends.
+    fn sent(c: &mut TurnClient) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| c.poll_transmit()).collect()
+    }
+
+    /// An allocated client that sent its first datagram to `peer` and got
+    /// the permission: the datagram went as a Send indication, and the
+    /// returned request asks for a channel.
+    fn asking_to_bind(now: Instant, peer: SocketAddr) -> (TurnClient, Vec<u8>) {
+        let mut c = allocate(now);
+        c.send_to(now, peer, b"first");
+        let perm = c.poll_transmit().unwrap();
+        c.handle_datagram(now, &success(&perm));
+        let _indication = c.poll_transmit().unwrap();
+        let bind = c.poll_transmit().unwrap();
+        (c, bind)
+    }
+
     /// Runs the 401 dance; returns the client allocated.
     fn allocate(now: Instant) -> TurnClient {
         let mut c = client(now);
@@ -899,20 +917,21 @@ mod tests {
         );
         assert_eq!(c.poll_transmit(), None);
         c.handle_datagram(now, &success(&req));
-        let sent: Vec<Message> = std::iter::from_fn(|| c.poll_transmit())
-            .map(|b| Message::decode(&b).unwrap())
+        let out: Vec<Message> = sent(&mut c)
+            .iter()
+            .map(|b| Message::decode(b).unwrap())
             .collect();
         // The first datagram goes as a Send indication and asks for a
         // channel; until it is bound, Send indications.
-        assert_eq!(sent.len(), 3);
-        for (ind, want) in [(&sent[0], b"one"), (&sent[2], b"two")] {
+        assert_eq!(out.len(), 3);
+        for (ind, want) in [(&out[0], b"one"), (&out[2], b"two")] {
             assert_eq!((ind.class, ind.method), (Class::Indication, Method::Send));
             assert_eq!(ind.address(attr::XOR_PEER_ADDRESS), Some(peer));
             assert!(ind
                 .attributes
                 .contains(&stun::Attribute::Data(want.to_vec())));
         }
-        assert_eq!(sent[1].method, Method::ChannelBind);
+        assert_eq!(out[1].method, Method::ChannelBind);
         c.send_to(now, peer, b"three");
         assert!(c.poll_transmit().is_some());
         // Data from the peer comes back unwrapped.
@@ -931,8 +950,9 @@ mod tests {
         let later = now + PERMISSION_REFRESH;
         assert!(c.poll_timeout().unwrap() <= later);
         c.handle_timeout(later);
-        let methods: Vec<Method> = std::iter::from_fn(|| c.poll_transmit())
-            .map(|b| Message::decode(&b).unwrap().method)
+        let methods: Vec<Method> = sent(&mut c)
+            .iter()
+            .map(|b| Message::decode(b).unwrap().method)
             .collect();
         assert_eq!(methods, vec![Method::CreatePermission]);
         c.handle_timeout(now + Duration::from_secs(540));
@@ -943,13 +963,8 @@ mod tests {
     #[test]
     fn a_bound_channel_carries_channel_data_both_ways() {
         let now = Instant::now();
-        let mut c = allocate(now);
         let peer: SocketAddr = "203.0.113.5:7000".parse().unwrap();
-        c.send_to(now, peer, b"first");
-        let perm = c.poll_transmit().unwrap();
-        c.handle_datagram(now, &success(&perm));
-        let _indication = c.poll_transmit().unwrap();
-        let bind = c.poll_transmit().unwrap();
+        let (mut c, bind) = asking_to_bind(now, peer);
         let m = Message::decode(&bind).unwrap();
         assert_eq!(m.method, Method::ChannelBind);
         assert_eq!(m.address(attr::XOR_PEER_ADDRESS), Some(peer));
@@ -979,15 +994,11 @@ mod tests {
         assert_eq!(c.handle_datagram(now, b"\x40"), Incoming::NotMine);
         // The binding is refreshed before it expires.
         c.handle_timeout(now + CHANNEL_REFRESH);
-        let methods: Vec<Method> = std::iter::from_fn(|| c.poll_transmit())
-            .map(|b| Message::decode(&b).unwrap().method)
+        let methods: Vec<Method> = sent(&mut c)
+            .iter()
+            .map(|b| Message::decode(b).unwrap().method)
             .collect();
         assert!(methods.contains(&Method::ChannelBind), "{methods:?}");
-    }
-
-    /// Drains what the client sends; returns the methods.
-    fn sent(c: &mut TurnClient) -> Vec<Vec<u8>> {
-        std::iter::from_fn(|| c.poll_transmit()).collect()
     }
 
     #[test]
@@ -1085,13 +1096,8 @@ mod tests {
     #[test]
     fn a_refused_channel_falls_back_to_send_indications() {
         let now = Instant::now();
-        let mut c = allocate(now);
         let peer: SocketAddr = "203.0.113.5:7000".parse().unwrap();
-        c.send_to(now, peer, b"first");
-        let perm = c.poll_transmit().unwrap();
-        c.handle_datagram(now, &success(&perm));
-        let _indication = c.poll_transmit().unwrap();
-        let bind = c.poll_transmit().unwrap();
+        let (mut c, bind) = asking_to_bind(now, peer);
         c.handle_datagram(now, &challenge(&bind, 400, "n1"));
         c.send_to(now, peer, b"again");
         let m = Message::decode(&c.poll_transmit().unwrap()).unwrap();
